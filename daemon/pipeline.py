@@ -1,0 +1,372 @@
+"""Orchestration over the ports: discover -> claim -> cut out -> write -> archive -> ledger.
+
+The pipeline decides; storage and engine adapters only translate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import PurePosixPath
+
+from daemon.config import Settings
+from daemon.engines.base import Engine
+from daemon.errors import (
+    AuthError,
+    CursorResetError,
+    ItemGoneError,
+    LostClaimError,
+    PermanentItemError,
+    RateLimitedError,
+    TransientError,
+)
+from daemon.ledger import Ledger
+from daemon.logs import context
+from daemon.models import Area, EngineJob, Item, ItemStatus, SubmittedJob
+from daemon.storage.base import Storage
+
+log = logging.getLogger(__name__)
+PROCESSING = ItemStatus.PROCESSING
+RELOCATE_FOR_POLICY = {"move": "archive", "delete": "delete", "keep": None}
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    added: int = 0
+    deleted: int = 0
+    settling: int = 0
+
+
+def output_candidates(input_path: str, extension: str) -> list[str]:
+    """Output names for an input, in order of preference.
+
+    `photos/a.jpg` -> `photos/a.png`. When another input in the same folder already owns
+    that name (`photos/a.png` and `photos/a.jpg` both exist), the later one keeps its
+    original extension in the name: `photos/a.jpg.png`. Nothing is overwritten silently.
+    """
+    path = PurePosixPath(input_path)
+    return [
+        path.with_suffix(f".{extension}").as_posix(),
+        path.with_name(f"{path.name}.{extension}").as_posix(),
+    ]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        storage: Storage,
+        engine: Engine,
+        ledger: Ledger,
+        settings: Settings,
+        stop: threading.Event,
+    ) -> None:
+        self.storage = storage
+        self.engine = engine
+        self.ledger = ledger
+        self.settings = settings
+        self.stop = stop
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def discover(self) -> Discovery:
+        """Record every change since the stored cursor, page by page (rows + cursor in one
+        transaction per page). A cursor reset lists everything again; known revisions
+        are ignored by the ledger, so no duplicates arise."""
+        cursor = self.ledger.get_cursor(self.storage.key)
+        added = deleted = settling = 0
+        resets = 0
+        while not self.stop.is_set():
+            try:
+                batch = self.storage.list_changes(cursor)
+            except CursorResetError:
+                resets += 1
+                log.warning(
+                    "storage cursor reset; listing everything again",
+                    extra=context("cursor.reset", storage=self.storage.key),
+                )
+                self.ledger.reset_cursor(self.storage.key)
+                if resets > 3:
+                    raise TransientError("cursor keeps resetting") from None
+                cursor = None
+                continue
+            new, gone = self.ledger.record_changes(self.storage.key, batch, self.engine.name)
+            added, deleted, settling = added + new, deleted + gone, settling + batch.settling
+            cursor = batch.cursor
+            if not batch.has_more:
+                break
+        if added or deleted:
+            log.info(
+                "discovered %d new revisions, %d deleted before processing",
+                added,
+                deleted,
+                extra=context("discovery.changes", added=added, deleted=deleted),
+            )
+        return Discovery(added, deleted, settling)
+
+    # -- one item -------------------------------------------------------------------------
+
+    def process_next(self) -> bool:
+        """Claim and process one due revision; False when there is none."""
+        item = self.ledger.claim_next()
+        if item is None:
+            return False
+        self.process(item)
+        return True
+
+    def process(self, item: Item) -> None:
+        """Take a claimed revision to its next state. Never raises for one bad file;
+        AuthError is the exception: the credentials are wrong for every file."""
+        log.info(
+            "processing %s",
+            item.path,
+            extra=context("item.claimed", path=item.path, rev=item.rev, attempt=item.attempts),
+        )
+        try:
+            self._process(item)
+        except LostClaimError:
+            log.info(
+                "lost the claim on %s", item.path, extra=context("item.lost_claim", path=item.path)
+            )
+        except ItemGoneError as exc:
+            self._finish_skipped(item, str(exc), relocate=None)
+        except PermanentItemError as exc:
+            self._fail(item, str(exc))
+        except AuthError:
+            self._release(item, "credentials rejected")
+            raise
+        except TransientError as exc:
+            self._retry(item, exc)
+        except Exception as exc:  # a bug must not kill the daemon: retry, then fail
+            log.exception(
+                "unexpected error on %s", item.path, extra=context("item.error", path=item.path)
+            )
+            self._retry(item, TransientError(f"unexpected {type(exc).__name__}: {exc}"))
+
+    def _process(self, item: Item) -> None:
+        if self.settings.source.dedupe == "content" and self._skip_duplicate(item):
+            return
+        file = item.as_file()
+        submitted = (
+            SubmittedJob(item.job_id, item.status_url) if item.job_id and item.status_url else None
+        )
+        resubmitting = [item.job_id is not None]
+
+        def record_submission(job: SubmittedJob) -> None:
+            self.ledger.record_submission(item.id, job, resubmitted=resubmitting[0])
+            resubmitting[0] = True
+            log.info(
+                "submitted %s as job %s",
+                item.path,
+                job.job_id,
+                extra=context("cutout.submitted", path=item.path, rev=item.rev, job_id=job.job_id),
+            )
+
+        job = EngineJob(
+            item=item,
+            options=self.settings.engine.options,
+            read_bytes=lambda: self.storage.read(file),
+            temporary_link=lambda: self.storage.temporary_link(file),
+            record_submission=record_submission,
+            submitted=submitted,
+        )
+        result = self.engine.cut_out(job)
+        candidates = output_candidates(item.path, result.output_format.value)
+        output = self.ledger.reserve_output(item.id, item.path_lower, candidates)
+        self.storage.write(Area.OUTPUT, output, result.data)
+        relocate = RELOCATE_FOR_POLICY[self.settings.archive.policy]
+        self.ledger.transition(
+            item.id,
+            PROCESSING,
+            ItemStatus.SUCCEEDED,
+            "succeeded",
+            {
+                "output_path": output,
+                "finished_at": self.ledger.clock(),
+                "last_error": None,
+                "relocate_to": relocate,
+                "claimed_by": None,
+                "lease_expires_at": None,
+            },
+            output=output,
+            bytes=len(result.data),
+        )
+        log.info(
+            "wrote output/%s",
+            output,
+            extra=context("cutout.succeeded", path=item.path, rev=item.rev, output=output),
+        )
+        self.relocate(item, relocate)
+
+    def _skip_duplicate(self, item: Item) -> bool:
+        """Same bytes as a revision that already succeeded: reuse its output, no engine call."""
+        original = self.ledger.find_succeeded_duplicate(item.content_hash, item.id)
+        if original is None or original.output_path is None:
+            return False
+        if not self.storage.exists(Area.OUTPUT, original.output_path):
+            return False  # the earlier output is gone: make a fresh one
+        if self.storage.current_rev(item.path) != item.rev:
+            raise ItemGoneError("deleted or replaced before processing")
+        extension = PurePosixPath(original.output_path).suffix.lstrip(".")
+        output = self.ledger.reserve_output(
+            item.id, item.path_lower, output_candidates(item.path, extension)
+        )
+        if output != original.output_path:
+            self.storage.copy(Area.OUTPUT, original.output_path, output)
+        reason = f"duplicate of {original.path} (rev {original.rev}); output reused"
+        self._finish_skipped(
+            item, reason, relocate=RELOCATE_FOR_POLICY[self.settings.archive.policy], output=output
+        )
+        return True
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def _finish_skipped(
+        self, item: Item, reason: str, relocate: str | None, output: str | None = None
+    ) -> None:
+        values = {
+            "last_error": reason,
+            "finished_at": self.ledger.clock(),
+            "relocate_to": relocate,
+            "claimed_by": None,
+            "lease_expires_at": None,
+        }
+        if output:
+            values["output_path"] = output
+        try:
+            self.ledger.transition(
+                item.id, PROCESSING, ItemStatus.SKIPPED, "skipped", values, reason=reason
+            )
+        except LostClaimError:
+            return
+        log.info(
+            "skipped %s: %s",
+            item.path,
+            reason,
+            extra=context("item.skipped", path=item.path, rev=item.rev, reason=reason),
+        )
+        self.relocate(item, relocate)
+
+    def _fail(self, item: Item, reason: str) -> None:
+        values = {
+            "last_error": reason,
+            "finished_at": self.ledger.clock(),
+            "relocate_to": "failed",
+            "claimed_by": None,
+            "lease_expires_at": None,
+        }
+        try:
+            self.ledger.transition(
+                item.id, PROCESSING, ItemStatus.FAILED, "failed", values, reason=reason
+            )
+        except LostClaimError:
+            return
+        log.error(
+            "failed %s: %s",
+            item.path,
+            reason,
+            extra=context("item.failed", path=item.path, rev=item.rev, reason=reason),
+        )
+        self.relocate(item, "failed")
+
+    def _retry(self, item: Item, error: TransientError) -> None:
+        if self.stop.is_set():
+            self._release(item, f"stopping: {error}")
+            return
+        if item.attempts >= self.settings.retry.max_attempts:
+            self._fail(item, f"gave up after {item.attempts} attempts: {error}")
+            return
+        delay = self.settings.retry.delay_after(item.attempts)
+        if isinstance(error, RateLimitedError) and error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        values = {
+            "last_error": str(error),
+            "next_attempt_at": self.ledger.clock() + timedelta(seconds=delay),
+            "claimed_by": None,
+            "lease_expires_at": None,
+        }
+        if getattr(error, "forget_job", False):
+            values.update(job_id=None, status_url=None)
+        try:
+            self.ledger.transition(
+                item.id,
+                PROCESSING,
+                ItemStatus.PENDING,
+                "retry_scheduled",
+                values,
+                error=str(error),
+                delay=round(delay, 1),
+            )
+        except LostClaimError:
+            return
+        log.warning(
+            "will retry %s in %.0f s: %s",
+            item.path,
+            delay,
+            error,
+            extra=context("item.retry", path=item.path, rev=item.rev, attempt=item.attempts),
+        )
+
+    def _release(self, item: Item, reason: str) -> None:
+        """Give a claimed revision back untouched (stop, drain): the attempt does not count."""
+        values = {
+            "attempts": max(item.attempts - 1, 0),
+            "claimed_by": None,
+            "lease_expires_at": None,
+        }
+        try:
+            self.ledger.transition(
+                item.id, PROCESSING, ItemStatus.PENDING, "released", values, reason=reason
+            )
+        except LostClaimError:
+            return
+        log.info(
+            "released %s: %s", item.path, reason, extra=context("item.released", path=item.path)
+        )
+
+    def release(self, item: Item, reason: str) -> None:
+        self._release(item, reason)
+
+    # -- moving inputs --------------------------------------------------------------------
+
+    def relocate(self, item: Item, target: str | None) -> None:
+        """Archive (or delete, or move to failed/) the input, last, and only if the input's
+        current rev is still the one processed. Transient trouble leaves it for later."""
+        if target is None:
+            return
+        try:
+            if self.storage.current_rev(item.path) != item.rev:
+                self.ledger.clear_relocation(item.id, "input changed or gone; left in place")
+                return
+            file = item.as_file()
+            if target == "delete":
+                self.storage.delete(file)
+                self.ledger.mark_relocated(item.id, None, "input_deleted")
+                return
+            area = Area(target)
+            moved = self.storage.relocate(file, area)
+            self.ledger.mark_relocated(item.id, f"{area.value}/{moved}", f"moved_to_{area.value}")
+            log.info(
+                "moved %s to %s/%s",
+                item.path,
+                area.value,
+                moved,
+                extra=context("item.archived", path=item.path, to=f"{area.value}/{moved}"),
+            )
+        except ItemGoneError as exc:
+            self.ledger.clear_relocation(item.id, str(exc))
+        except TransientError as exc:
+            log.warning(
+                "cannot move %s yet: %s",
+                item.path,
+                exc,
+                extra=context("item.relocate_retry", path=item.path),
+            )
+
+    def relocate_pending(self) -> None:
+        """Finish moves interrupted by a crash or by transient storage trouble."""
+        for item, target in self.ledger.pending_relocations():
+            if self.stop.is_set():
+                return
+            self.relocate(item, target)

@@ -1,0 +1,309 @@
+"""Composition root: builds everything from settings, runs the APScheduler loop, handles
+signals and the drain. Only `cli` imports this module."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from daemon.config import Settings
+from daemon.engines.base import Engine
+from daemon.errors import AuthError, CutoutdError, TransientError
+from daemon.ledger import Ledger, default_ledger_url
+from daemon.ledger.queries import LedgerReader
+from daemon.logs import context
+from daemon.models import Item, ItemStatus
+from daemon.pipeline import Pipeline
+from daemon.secrets import read_secret
+from daemon.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+
+def ledger_url(settings: Settings) -> str:
+    return settings.ledger.url or default_ledger_url(settings.source.kind, settings.source.root)
+
+
+def build_storage(settings: Settings) -> Storage:
+    source = settings.source
+    if source.kind == "dropbox":
+        from daemon.storage.dropbox import DropboxCredentials, DropboxStorage
+
+        return DropboxStorage(
+            source.root, source.recursive, settings.dropbox, DropboxCredentials.from_environment()
+        )
+    from daemon.storage.local import LocalStorage
+
+    return LocalStorage(
+        source.root, recursive=source.recursive, settle_seconds=source.settle_seconds
+    )
+
+
+def build_engine(settings: Settings, stop: threading.Event) -> Engine:
+    if settings.engine.kind == "photoshop":
+        from daemon.engines.photoshop import PhotoshopEngine
+
+        return PhotoshopEngine.from_environment(settings.photoshop, stop)
+    from daemon.engines.local import LocalEngine
+
+    engine = settings.engine
+    return LocalEngine(workers=engine.workers, model=engine.model, max_pixels=engine.max_pixels)
+
+
+def worker_count(settings: Settings) -> int:
+    """Local engine: one thread per model run. Photoshop: threads mostly wait on polls."""
+    if settings.engine.kind == "photoshop":
+        return settings.photoshop.max_in_flight
+    return settings.engine.workers
+
+
+@dataclass(slots=True)
+class RunSummary:
+    counts: dict[ItemStatus, int] = field(default_factory=dict)
+    pending: int = 0
+    interrupted: bool = False
+
+    def line(self) -> str:
+        done = sum(self.counts.values())
+        parts = ", ".join(
+            f"{self.counts.get(s, 0)} {s}"
+            for s in (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.SKIPPED)
+        )
+        tail = " (interrupted)" if self.interrupted else ""
+        return f"processed {done}: {parts}; {self.pending} still pending{tail}"
+
+
+class Service:
+    """One daemon instance: storage + engine + ledger + the loop around them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        storage: Storage | None = None,
+        engine: Engine | None = None,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.ledger = ledger or Ledger(
+            ledger_url(settings),
+            lease_seconds=settings.ledger.lease_seconds,
+            node_id=settings.ledger.node_id or None,
+        )
+        self.storage = storage or build_storage(settings)
+        self.engine = engine or build_engine(settings, self.stop)
+        self.pipeline = Pipeline(self.storage, self.engine, self.ledger, settings, self.stop)
+        self.in_flight: dict[int, Item] = {}
+        self._lock = threading.Lock()
+        self.last_poll_at: float | None = None
+        self.fatal: BaseException | None = None
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Migrate the ledger, check folders and engine, recover what a stop left behind."""
+        log.info(
+            "ledger at %s",
+            self.ledger.describe(),
+            extra=context("ledger.opened", url=self.ledger.describe()),
+        )
+        if self.ledger.migrate():
+            log.info("ledger schema upgraded", extra=context("ledger.migrated"))
+        self.storage.ensure_layout()
+        self.engine.start()
+        recovered = self.ledger.recover_stale()
+        if recovered:
+            log.info(
+                "recovered %d revisions left processing",
+                len(recovered),
+                extra=context("recovery.items", count=len(recovered)),
+            )
+        self.pipeline.relocate_pending()
+
+    def close(self) -> None:
+        self.engine.close()
+        self.ledger.close()
+
+    # -- the work -------------------------------------------------------------------------
+
+    def work_until_idle(self) -> None:
+        """Claim and process due revisions until none is left or a stop is asked."""
+        while not self.stop.is_set():
+            item = self.ledger.claim_next()
+            if item is None:
+                return
+            with self._lock:
+                self.in_flight[item.id] = item
+            try:
+                self.pipeline.process(item)
+            except AuthError as exc:
+                self._fatal(exc)
+                return
+            finally:
+                with self._lock:
+                    self.in_flight.pop(item.id, None)
+
+    def _fatal(self, exc: BaseException) -> None:
+        self.fatal = exc
+        self.stop.set()
+        self.wake.set()
+
+    def discover(self) -> int:
+        """One discovery pass; returns the number of files still settling."""
+        try:
+            found = self.pipeline.discover()
+            self.pipeline.relocate_pending()
+        except AuthError as exc:
+            self._fatal(exc)
+            return 0
+        except TransientError as exc:
+            log.warning("discovery failed, will retry: %s", exc, extra=context("discovery.retry"))
+            return 0
+        self.last_poll_at = time.monotonic()
+        if found.added:
+            self.wake.set()
+        return found.settling
+
+    def _parallel(
+        self, count: int, target: Callable[[], None], name: str
+    ) -> list[threading.Thread]:
+        threads = [
+            threading.Thread(target=target, name=f"{name}-{n}", daemon=True) for n in range(count)
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def run_once(self) -> RunSummary:
+        """Take every image present to a terminal state, then return."""
+        started = datetime.now(UTC)
+        self.start()
+        while not self.stop.is_set():
+            settling = self.discover()
+            threads = self._parallel(worker_count(self.settings), self.work_until_idle, "worker")
+            for thread in threads:
+                while thread.is_alive() and not self.stop.is_set():
+                    thread.join(0.2)
+            due = self.ledger.next_due_at()
+            if due is None and settling == 0:
+                break
+            wait = 1.0 if due is None else (due - datetime.now(UTC)).total_seconds()
+            self.stop.wait(min(max(wait, 0.05), 5.0))
+        self._drain()
+        counts = self.ledger.counts()
+        return RunSummary(
+            self.ledger.finished_since(started),
+            counts[ItemStatus.PENDING] + counts[ItemStatus.PROCESSING],
+            interrupted=self.stop.is_set() and self.fatal is None,
+        )
+
+    def _worker_loop(self) -> None:
+        while not self.stop.is_set():
+            self.work_until_idle()
+            due = self.ledger.next_due_at() if not self.stop.is_set() else None
+            wait = (
+                self.settings.source.poll_interval
+                if due is None
+                else (due - datetime.now(UTC)).total_seconds()
+            )
+            if self.wake.wait(min(max(wait, 0.05), 5.0)):
+                self.wake.clear()
+
+    def _longpoll_loop(self, scheduler: BackgroundScheduler) -> None:
+        """Wake discovery at once when storage reports a change (Dropbox longpoll)."""
+        timeout = float(self.settings.dropbox.longpoll_timeout)
+        while not self.stop.is_set():
+            cursor = self.ledger.get_cursor(self.storage.key)
+            if cursor is None:
+                self.stop.wait(1.0)
+                continue
+            try:
+                changed = self.storage.wait_for_changes(cursor, timeout, self.stop)
+            except Exception as exc:  # the interval poll is the safety net
+                log.warning("longpoll failed: %s", exc, extra=context("longpoll.retry"))
+                self.stop.wait(5.0)
+                continue
+            if changed and not self.stop.is_set():
+                scheduler.modify_job("discover", next_run_time=datetime.now(UTC))
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM/SIGINT (see install_signal_handlers), then drain."""
+        self.start()
+        scheduler = BackgroundScheduler(timezone=UTC)
+        scheduler.add_job(
+            self.discover,
+            "interval",
+            id="discover",
+            seconds=self.settings.source.poll_interval,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.start()
+        self._parallel(worker_count(self.settings), self._worker_loop, "worker")
+        if self.settings.source.longpoll:
+            self._parallel(1, lambda: self._longpoll_loop(scheduler), "longpoll")
+        log.info("cutoutd running on %s", self.storage.describe(), extra=context("service.ready"))
+        self.stop.wait()
+        log.info("stopping", extra=context("service.stopping"))
+        scheduler.shutdown(wait=False)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Let in-flight items finish within drain_timeout, then release the rest."""
+        self.stop.set()
+        self.wake.set()
+        deadline = time.monotonic() + self.settings.service.drain_timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self.in_flight:
+                    return
+            time.sleep(0.05)
+        with self._lock:
+            left = list(self.in_flight.values())
+        for item in left:
+            self.pipeline.release(item, "still running when the drain timeout ran out")
+
+
+def install_signal_handlers(service: Service) -> None:
+    """First SIGTERM/SIGINT: stop taking work and drain. Second: exit at once."""
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if service.stop.is_set():
+            os._exit(128 + signum)
+        log.info("received %s", signal.Signals(signum).name, extra=context("service.signal"))
+        service.stop.set()
+        service.wake.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def open_ledger_reader(settings: Settings) -> LedgerReader:
+    """A read-only view for the audit commands; never takes SQLite's write lock."""
+    url = ledger_url(settings)
+    if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
+        raise CutoutdError(
+            f"no ledger at {url.removeprefix('sqlite:///')}: run `cutoutd run` first, or check [ledger] url"
+        )
+    return LedgerReader(url, writer=False)
+
+
+def authorize_dropbox_interactively(read_code: Callable[[str], str]) -> dict[str, str]:
+    from daemon.storage.dropbox import authorize_dropbox
+
+    app_key = read_secret("DROPBOX_APP_KEY")
+    if not app_key:
+        raise AuthError("set DROPBOX_APP_KEY (your Dropbox app's key) first")
+    return authorize_dropbox(app_key, read_secret("DROPBOX_APP_SECRET"), read_code)

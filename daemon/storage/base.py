@@ -1,0 +1,82 @@
+"""The Storage port. Paths are POSIX, relative to an area folder (`input/`, `output/`, ...)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+from daemon.models import Area, ChangeBatch, RemoteFile
+
+IGNORED_PREFIXES = (".", "~$")
+IGNORED_SUFFIXES = (".part", ".crdownload", ".tmp", ".partial", ".download")
+
+
+def is_ignored_name(name: str) -> bool:
+    """Hidden and temporary files are never inputs (`.x`, `~$x`, `x.part`, `x.crdownload`)."""
+    lower = name.lower()
+    return lower.startswith(IGNORED_PREFIXES) or lower.endswith(IGNORED_SUFFIXES)
+
+
+class Storage(Protocol):
+    """Where inputs come from and results go.
+
+    Every method may raise `TransientError` (retry later), `AuthError` (stop) or,
+    for `list_changes`, `CursorResetError` (list again from scratch with `cursor=None`).
+    """
+
+    @property
+    def key(self) -> str:
+        """A stable identity for this storage (names its cursor in the ledger)."""
+        ...
+
+    def describe(self) -> str:
+        """Human description, e.g. `local folder /srv/RemoveBGProcess`."""
+        ...
+
+    def ensure_layout(self) -> None:
+        """Create the `input/`, `output/`, `archive/` and `failed/` folders when missing."""
+        ...
+
+    def list_changes(self, cursor: str | None) -> ChangeBatch:
+        """Changes in `input/` since `cursor` (everything present when `cursor` is None)."""
+        ...
+
+    def read(self, file: RemoteFile) -> bytes:
+        """Content of exactly this revision. `ItemGoneError` if it was deleted or replaced."""
+        ...
+
+    def current_rev(self, path: str) -> str | None:
+        """The input's current rev, or None when it no longer exists."""
+        ...
+
+    def temporary_link(self, file: RemoteFile) -> str:
+        """A fresh URL from which a remote engine can fetch the input (a secret)."""
+        ...
+
+    def write(self, area: Area, path: str, data: bytes) -> str:
+        """Write a whole file, replacing any existing one; returns the stored path."""
+        ...
+
+    def exists(self, area: Area, path: str) -> bool: ...
+
+    def copy(self, area: Area, source: str, target: str) -> str:
+        """Copy within an area, replacing the target; returns the stored path."""
+        ...
+
+    def relocate(self, file: RemoteFile, area: Area) -> str:
+        """Move an input into `archive/` or `failed/`, keeping subfolders and choosing a
+        unique name on conflict; returns the new path relative to that area."""
+        ...
+
+    def restore(self, area: Area, path: str, to_path: str) -> str:
+        """Move a file from `archive/` or `failed/` back into `input/`; returns its path."""
+        ...
+
+    def delete(self, file: RemoteFile) -> None:
+        """Delete an input (archive policy `delete`)."""
+        ...
+
+    def wait_for_changes(self, cursor: str, timeout: float, stop: threading.Event) -> bool:
+        """Block up to `timeout` s for a change after `cursor`; True if something changed.
+        Storages without change notification return False after waiting on `stop`."""
+        ...

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.config import Settings, parse_settings
+from daemon.ledger import Ledger
+from daemon.service import Service
+from daemon.storage.local import LocalStorage
+from tests.helpers import ChromaKeyEngine
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "RemoveBGProcess"
+
+
+@pytest.fixture
+def make_settings(root: Path, tmp_path: Path) -> Callable[..., Settings]:
+    def make(**sections: dict[str, object]) -> Settings:
+        data: dict[str, dict[str, object]] = {
+            "source": {"root": str(root), "settle_seconds": 0, "poll_interval": 0.2},
+            "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
+            "retry": {"backoff_initial": 0.05, "backoff_multiplier": 1, "max_attempts": 3},
+            "log": {"format": "text", "level": "DEBUG"},
+        }
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        return parse_settings(data)
+
+    return make
+
+
+@pytest.fixture
+def make_service(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Service]]:
+    """A Service on a real folder and a real SQLite file, with the fast chroma-key engine."""
+    made: list[Service] = []
+
+    def make(fake: ChromaKeyEngine | None = None, **sections: dict[str, object]) -> Service:
+        settings = make_settings(**sections)
+        storage = LocalStorage(
+            settings.source.root,
+            recursive=settings.source.recursive,
+            settle_seconds=settings.source.settle_seconds,
+        )
+        ledger = Ledger(settings.ledger.url)
+        service = Service(
+            settings, storage=storage, engine=fake or ChromaKeyEngine(), ledger=ledger
+        )
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.close()

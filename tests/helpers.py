@@ -1,0 +1,90 @@
+"""Shared test helpers: generated images with known masks, a ledger on a real file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from daemon.errors import PermanentItemError
+from daemon.models import CutoutResult, EngineJob
+
+
+def shape_image(
+    size: tuple[int, int] = (256, 192),
+    *,
+    shape: str = "ellipse",
+    color: tuple[int, int, int] = (220, 60, 30),
+    background: tuple[int, int, int] = (235, 235, 235),
+    box: tuple[float, float, float, float] = (0.25, 0.2, 0.75, 0.8),
+) -> tuple[Image.Image, np.ndarray]:
+    """A coloured shape on a flat background, and its exact boolean mask."""
+    width, height = size
+    image = Image.new("RGB", size, background)
+    mask = Image.new("L", size, 0)
+    xy = (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+    for target, fill in ((ImageDraw.Draw(image), color), (ImageDraw.Draw(mask), 255)):
+        getattr(target, "ellipse" if shape == "ellipse" else "rectangle")(xy, fill=fill)
+    return image, np.asarray(mask) > 127
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def write_shape(path: Path, **kwargs: object) -> np.ndarray:
+    image, mask = shape_image(**kwargs)  # type: ignore[arg-type]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = {".png": "PNG", ".webp": "WEBP"}.get(path.suffix.lower(), "JPEG")
+    path.write_bytes(encode(image, fmt, **({"quality": 95} if fmt == "JPEG" else {})))
+    return mask
+
+
+def alpha_iou(png: bytes, mask: np.ndarray) -> float:
+    alpha = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[:, :, 3] > 127
+    union = np.logical_or(alpha, mask).sum()
+    return float(np.logical_and(alpha, mask).sum() / union) if union else 1.0
+
+
+class ChromaKeyEngine:
+    """A fast engine for pipeline tests: keys out the colour of the top-left pixel.
+
+    Real-model tests live in tests/integration/test_local_engine.py and tests/e2e.
+    """
+
+    name = "local"
+    needs_link = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail_with: list[Exception] = []
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def cut_out(self, job: EngineJob) -> CutoutResult:
+        self.calls += 1
+        data = job.read_bytes()
+        if self.fail_with:
+            raise self.fail_with.pop(0)
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (OSError, SyntaxError) as exc:
+            raise PermanentItemError(f"not an image: {exc}") from exc
+        image = image.convert("RGBA")
+        pixels = np.asarray(image).astype(int)
+        distance = np.abs(pixels[:, :, :3] - pixels[0, 0, :3]).sum(axis=2)
+        pixels[:, :, 3] = np.where(distance > 60, 255, 0)
+        out = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8), "RGBA").save(
+            out, job.options.output_format.value.upper()
+        )
+        return CutoutResult(out.getvalue(), job.options.output_format)

@@ -1,0 +1,210 @@
+"""The pipeline over a real folder and a real SQLite ledger, with a fast chroma-key engine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from daemon.errors import TransientError
+from daemon.models import ItemStatus
+from daemon.pipeline import output_candidates
+from daemon.service import Service
+from tests.helpers import ChromaKeyEngine, alpha_iou, write_shape
+
+MakeService = Callable[..., Service]
+
+
+def statuses(service: Service) -> dict[str, str]:
+    return {i.path: i.status.value for i in service.ledger.list_items()}
+
+
+def test_processes_archives_and_records(make_service: MakeService, root: Path) -> None:
+    mask = write_shape(root / "input" / "mug.jpg")
+    service = make_service()
+    summary = service.run_once()
+    assert summary.counts == {ItemStatus.SUCCEEDED: 1}
+    assert alpha_iou((root / "output" / "mug.png").read_bytes(), mask) > 0.9
+    assert not (root / "input" / "mug.jpg").exists()
+    assert (root / "archive" / "mug.jpg").exists()
+    [item] = service.ledger.list_items()
+    assert (item.status, item.output_path, item.archived_path) == (
+        ItemStatus.SUCCEEDED,
+        "mug.png",
+        "archive/mug.jpg",
+    )
+    assert item.finished_at and item.archived_at and item.started_at
+
+
+def test_second_run_does_nothing(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "a.jpg")
+    engine = ChromaKeyEngine()
+    make_service(engine).run_once()
+    summary = make_service(engine).run_once()
+    assert engine.calls == 1
+    assert sum(summary.counts.values()) == 0
+
+
+def test_same_stem_different_extensions_keep_both_outputs(
+    make_service: MakeService, root: Path
+) -> None:
+    write_shape(root / "input" / "a.jpg", color=(200, 0, 0))
+    write_shape(root / "input" / "a.png", color=(0, 0, 200))
+    service = make_service()
+    service.run_once()
+    outputs = sorted(p.name for p in (root / "output").iterdir())
+    assert outputs == ["a.jpg.png", "a.png"] or outputs == ["a.png", "a.png.png"]
+    assert len({i.output_path for i in service.ledger.list_items()}) == 2
+
+
+def test_output_candidates_rule() -> None:
+    assert output_candidates("x/a.jpg", "png") == ["x/a.png", "x/a.jpg.png"]
+    assert output_candidates("a.png", "webp") == ["a.webp", "a.png.webp"]
+
+
+def test_changed_file_is_processed_again(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "a.jpg")
+    engine = ChromaKeyEngine()
+    make_service(engine, archive={"policy": "keep"}).run_once()
+    write_shape(root / "input" / "a.jpg", color=(0, 120, 0))
+    os.utime(root / "input" / "a.jpg", ns=(1, 10**18))
+    make_service(engine, archive={"policy": "keep"}).run_once()
+    assert engine.calls == 2
+    items = make_service(engine).ledger.list_items()
+    assert [i.status for i in items] == [ItemStatus.SUCCEEDED, ItemStatus.SUCCEEDED]
+    assert items[0].rev != items[1].rev
+
+
+def test_duplicate_content_is_skipped_and_output_reused(
+    make_service: MakeService, root: Path
+) -> None:
+    write_shape(root / "input" / "one.jpg")
+    (root / "input" / "two.jpg").write_bytes((root / "input" / "one.jpg").read_bytes())
+    engine = ChromaKeyEngine()
+    service = make_service(engine, engine={"workers": 1})
+    service.run_once()
+    assert engine.calls == 1
+    by_path = {i.path: i for i in service.ledger.list_items()}
+    assert by_path["one.jpg"].status == ItemStatus.SUCCEEDED
+    assert by_path["two.jpg"].status == ItemStatus.SKIPPED
+    assert "duplicate of one.jpg" in (by_path["two.jpg"].last_error or "")
+    assert (root / "output" / "two.png").read_bytes() == (root / "output" / "one.png").read_bytes()
+    assert (root / "archive" / "two.jpg").exists()
+
+
+def test_dedupe_off_processes_duplicates(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "one.jpg")
+    (root / "input" / "two.jpg").write_bytes((root / "input" / "one.jpg").read_bytes())
+    engine = ChromaKeyEngine()
+    make_service(engine, source={"dedupe": "off"}).run_once()
+    assert engine.calls == 2
+
+
+def test_bad_inputs_fail_without_hurting_good_ones(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "good.jpg")
+    (root / "input" / "empty.jpg").write_bytes(b"")
+    (root / "input" / "text.png").write_text("not an image")
+    service = make_service()
+    summary = service.run_once()
+    assert summary.counts == {ItemStatus.SUCCEEDED: 1, ItemStatus.FAILED: 2}
+    by_path = {i.path: i for i in service.ledger.list_items()}
+    assert by_path["good.jpg"].status == ItemStatus.SUCCEEDED
+    for name in ("empty.jpg", "text.png"):
+        assert by_path[name].status == ItemStatus.FAILED
+        assert by_path[name].last_error
+        assert (root / "failed" / name).exists()
+        assert by_path[name].archived_path == f"failed/{name}"
+
+
+def test_transient_errors_retry_then_succeed(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "a.jpg")
+    engine = ChromaKeyEngine()
+    engine.fail_with = [TransientError("network down"), TransientError("still down")]
+    service = make_service(engine)
+    summary = service.run_once()
+    assert summary.counts == {ItemStatus.SUCCEEDED: 1}
+    [item] = service.ledger.list_items()
+    assert item.attempts == 3
+
+
+def test_transient_errors_give_up_after_max_attempts(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "a.jpg")
+    engine = ChromaKeyEngine()
+    engine.fail_with = [TransientError("down")] * 5
+    service = make_service(engine)
+    service.run_once()
+    [item] = service.ledger.list_items()
+    assert item.status == ItemStatus.FAILED
+    assert "gave up after 3 attempts: down" in (item.last_error or "")
+    assert (root / "failed" / "a.jpg").exists()
+
+
+def test_hidden_and_temporary_files_are_ignored(make_service: MakeService, root: Path) -> None:
+    for name in (".hidden.jpg", "~$lock.jpg", "big.jpg.part", "d.jpg.crdownload"):
+        write_shape(root / "input" / name)
+    service = make_service()
+    service.run_once()
+    assert service.ledger.list_items() == []
+
+
+def test_recursive_mirrors_subfolders(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "a" / "b" / "x.jpg")
+    write_shape(root / "input" / "top.jpg")
+    make_service(source={"recursive": True}).run_once()
+    assert (root / "output" / "a" / "b" / "x.png").exists()
+    assert (root / "archive" / "a" / "b" / "x.jpg").exists()
+    assert (root / "output" / "top.png").exists()
+
+
+def test_non_recursive_ignores_subfolders(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "sub" / "x.jpg")
+    (root / "input" / "folder.jpg").mkdir(parents=True)
+    service = make_service()
+    service.run_once()
+    assert service.ledger.list_items() == []
+    assert (root / "input" / "sub" / "x.jpg").exists()
+
+
+def test_archive_conflict_gets_unique_name(make_service: MakeService, root: Path) -> None:
+    (root / "archive").mkdir(parents=True)
+    (root / "archive" / "a.jpg").write_bytes(b"older")
+    write_shape(root / "input" / "a.jpg")
+    make_service().run_once()
+    assert (root / "archive" / "a.jpg").read_bytes() == b"older"
+    assert (root / "archive" / "a (1).jpg").exists()
+
+
+def test_archive_policies(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "a.jpg")
+    make_service(archive={"policy": "delete"}).run_once()
+    assert not (root / "input" / "a.jpg").exists()
+    assert not (root / "archive" / "a.jpg").exists()
+    assert (root / "output" / "a.png").exists()
+
+
+def test_deleted_before_processing_is_skipped(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "a.jpg")
+    service = make_service()
+    service.start()
+    service.discover()
+    (root / "input" / "a.jpg").unlink()
+    service.work_until_idle()
+    [item] = service.ledger.list_items()
+    assert item.status == ItemStatus.SKIPPED
+    assert item.last_error == "deleted before processing"
+
+
+def test_crash_recovery_resets_processing(make_service: MakeService, root: Path) -> None:
+    write_shape(root / "input" / "a.jpg")
+    service = make_service()
+    service.start()
+    service.discover()
+    claimed = service.ledger.claim_next()
+    assert claimed is not None
+    # the process dies here; a new one starts on the same ledger
+    again = make_service()
+    summary = again.run_once()
+    assert summary.counts == {ItemStatus.SUCCEEDED: 1}
+    names = [e["event"] for e in again.ledger.events(claimed.id)]
+    assert names[:3] == ["discovered", "claimed", "recovered"]
+    assert names[-2:] == ["succeeded", "moved_to_archive"]
