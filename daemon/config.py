@@ -314,7 +314,7 @@ def _string_list(value: Any) -> str | None:
 
 def _read_ledger(data: Mapping[str, Any], problems: list[str]) -> LedgerSettings:
     def check_url(value: Any) -> str | None:
-        ok = value.startswith(("sqlite:", "postgresql:", "postgresql+"))
+        ok = value == "" or value.startswith(("sqlite:", "postgresql:", "postgresql+"))
         if not ok:
             return f"must be a SQLAlchemy URL (sqlite:///... or postgresql+psycopg://...), got {value!r}"
         if (

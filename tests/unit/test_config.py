@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from daemon.config import load_settings, parse_settings
+from daemon.errors import ConfigError
+from daemon.models import Mode, OutputFormat, Rgb
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+
+
+def test_defaults_need_no_file() -> None:
+    settings = load_settings(None)
+    assert (settings.source.kind, settings.source.root) == ("local", "RemoveBGProcess")
+    assert settings.engine.kind == "local"
+    assert settings.ledger.url == ""
+    assert settings.source.poll_interval == 30
+    assert settings.source.recursive is False
+
+
+def test_example_file_validates_and_documents_every_key() -> None:
+    settings = load_settings(EXAMPLE)
+    assert settings == parse_settings(tomllib.loads(EXAMPLE.read_text()), str(EXAMPLE))
+    text = EXAMPLE.read_text()
+    for section, values in _defaults_by_section().items():
+        assert f"[{section}]" in text
+        for key in values:
+            assert f"\n{key} =" in text or f"# {key} =" in text, f"{section}.{key} undocumented"
+
+
+def _defaults_by_section() -> dict[str, list[str]]:
+    from dataclasses import fields
+
+    settings = load_settings(None)
+    result: dict[str, list[str]] = {}
+    for section in fields(settings):
+        if section.name == "config_path":
+            continue
+        keys = [f.name for f in fields(getattr(settings, section.name))]
+        if section.name == "engine":
+            keys = [k for k in keys if k != "options"] + [
+                "mode",
+                "output_format",
+                "trim",
+                "background_color",
+            ]
+        result[section.name] = keys
+    return result
+
+
+def test_every_problem_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({
+            "source": {"kind": "ftp", "poll_interval": -1, "recursive": "yes"},
+            "engine": {"mode": "blur", "background_color": "white", "workers": 0},
+            "archive": {"policy": "shred"},
+            "log": {"level": "LOUD"},
+            "bogus": {},
+            "ledger": {"url": "mysql://x", "refresh_token": "abc"},
+        })  # fmt: skip
+    problems = caught.value.problems
+    expected = ["source.kind:", "source.poll_interval:", "source.recursive:", "engine.mode:",
+                "engine.background_color:", "engine.workers:", "archive.policy:", "log.level:",
+                "bogus: unknown section", "ledger.url:", "ledger.refresh_token: secrets never"]  # fmt: skip
+    for prefix in expected:
+        assert any(p.startswith(prefix) for p in problems), (prefix, problems)
+    assert "abc" not in str(caught.value)
+
+
+def test_values_are_parsed() -> None:
+    settings = parse_settings({
+        "engine": {"mode": "mask", "output_format": "webp", "trim": True, "background_color": "#FF8000"},
+        "source": {"poll_interval": 5},
+    })  # fmt: skip
+    options = settings.engine.options
+    assert (options.mode, options.output_format, options.trim) == (
+        Mode.MASK,
+        OutputFormat.WEBP,
+        True,
+    )
+    assert options.background_color == Rgb(255, 128, 0)
+    assert settings.source.poll_interval == 5.0
+
+
+def test_photoshop_with_local_storage_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"engine": {"kind": "photoshop"}})
+    assert any("Adobe must fetch each input by URL" in p for p in caught.value.problems)
+
+
+def test_password_in_ledger_url_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"ledger": {"url": "postgresql+psycopg://u:hunter2@db/x"}})
+    assert caught.value.problems[0].startswith("ledger.url: must not contain a password")
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[source\nkind=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(broken)
+
+
+def test_retry_delay_grows_and_caps() -> None:
+    retry = parse_settings(
+        {"retry": {"backoff_initial": 10, "backoff_multiplier": 3, "backoff_max": 60}}
+    ).retry
+    assert [retry.delay_after(n) for n in (1, 2, 3, 4)] == [10, 30, 60, 60]
