@@ -92,7 +92,7 @@ class ServiceSettings:
 class DropboxSettings:
     timeout: float = 100.0
     max_retries_on_error: int = 4
-    max_retries_on_rate_limit: int = 3
+    max_retries_on_rate_limit: int = 0
     longpoll_timeout: int = 30
 
 

@@ -162,7 +162,9 @@ class Ledger(LedgerReader):
     def _skip_deleted(self, connection: Connection, path_lower: str) -> int:
         ids = connection.scalars(
             select(ItemRow.id).where(
-                ItemRow.path_lower == path_lower, ItemRow.status == ItemStatus.PENDING
+                (ItemRow.path_lower == path_lower)
+                | ItemRow.path_lower.startswith(path_lower + "/", autoescape=True),
+                ItemRow.status == ItemStatus.PENDING,
             )
         ).all()
         for item_id in ids:

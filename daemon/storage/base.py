@@ -76,6 +76,10 @@ class Storage(Protocol):
         """Delete an input (archive policy `delete`)."""
         ...
 
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
     def wait_for_changes(self, cursor: str, timeout: float, stop: threading.Event) -> bool:
         """Block up to `timeout` s for a change after `cursor`; True if something changed.
         Storages without change notification return False after waiting on `stop`."""

@@ -246,6 +246,9 @@ class LocalStorage:
         except OSError as exc:
             raise TransientError(f"cannot delete {file.path}: {exc.strerror}") from exc
 
+    def close(self) -> None:
+        pass
+
     def wait_for_changes(self, cursor: str, timeout: float, stop: threading.Event) -> bool:
         stop.wait(timeout)
         return False

@@ -1,0 +1,568 @@
+"""Dropbox storage: the only module that imports the `dropbox` SDK.
+
+Vendor types stay in here: callers get `RemoteFile`, `ChangeBatch` and plain paths, and
+every SDK or `requests` error is translated once, by `translate_error`, into the classes
+of `daemon.errors`. The folders `input/`, `output/`, `archive/` and `failed/` live under
+`root` (e.g. `/RemoveBGProcess`); paths handed in and out are relative to one of them.
+
+The SDK's session comes from `dropbox.create_session()`, so its host variables
+(`DROPBOX_API_HOST`, `DROPBOX_API_CONTENT_HOST`, `DROPBOX_API_NOTIFY_HOST`, read when
+`dropbox` is first imported) and `REQUESTS_CA_BUNDLE` keep working. Access tokens are
+short-lived; the SDK refreshes them from the refresh token, and each new one is
+registered with `daemon.secrets` so that log redaction knows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import dropbox
+import requests
+from dropbox import exceptions as sdk_errors
+from dropbox import files as sdk_files
+from dropbox.oauth import DropboxOAuth2FlowNoRedirect
+
+from daemon.config import DropboxSettings
+from daemon.errors import (
+    AuthError,
+    ConfigError,
+    CursorResetError,
+    CutoutdError,
+    ItemGoneError,
+    PermanentItemError,
+    RateLimitedError,
+    TransientError,
+)
+from daemon.hashing import content_hash_bytes
+from daemon.models import Area, Change, ChangeBatch, DeletedEntry, RemoteFile
+from daemon.secrets import read_secret, redact, register_secret
+from daemon.storage.base import is_ignored_name
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+UPLOAD_LIMIT = 150 * MIB  # one `files/upload` call; larger files go through a session
+UPLOAD_CHUNK = 64 * MIB  # per upload-session call
+BATCH_SIZE = 1000  # entries per `files/move_batch_v2`
+LONGPOLL_GRACE = 10.0  # socket timeout beyond the longpoll's own (the server adds jitter)
+SAVE_URL_DEADLINE = 15 * 60.0  # Dropbox gives up on a `save_url` transfer after 15 minutes
+REAUTHORIZE = "run `cutoutd auth dropbox` and store the new DROPBOX_REFRESH_TOKEN"
+TRANSIENT_TAGS = frozenset(
+    {
+        "insufficient_space",
+        "internal_error",
+        "operation_suppressed",
+        "too_many_files",
+        "download_failed",
+        "locked",
+        "insufficient_quota",
+    }
+)
+VENDOR_ERRORS = (sdk_errors.DropboxException, requests.RequestException)
+
+
+@dataclass(frozen=True, slots=True)
+class DropboxCredentials:
+    """What the SDK needs to mint access tokens. `app_secret` is optional for PKCE tokens."""
+
+    app_key: str
+    app_secret: str | None = field(repr=False)
+    refresh_token: str = field(repr=False)
+
+    @classmethod
+    def from_environment(cls) -> DropboxCredentials:
+        app_key = read_secret("DROPBOX_APP_KEY")
+        refresh_token = read_secret("DROPBOX_REFRESH_TOKEN")
+        app_secret = read_secret("DROPBOX_APP_SECRET")
+        if not app_key or not refresh_token:
+            missing = [
+                name
+                for name, value in (
+                    ("DROPBOX_APP_KEY", app_key),
+                    ("DROPBOX_REFRESH_TOKEN", refresh_token),
+                )
+                if not value
+            ]
+            raise AuthError(
+                f"Dropbox credentials are missing: set {' and '.join(missing)} in the environment "
+                "or as systemd credentials (`cutoutd auth dropbox` prints them)."
+            )
+        return cls(app_key, app_secret, refresh_token)
+
+
+def tag_chain(value: Any) -> list[str]:
+    """The union tags along a stone error value: `['path', 'not_found']`."""
+    tags: list[str] = []
+    for _ in range(10):
+        tag = getattr(value, "_tag", None)
+        if isinstance(tag, str):
+            tags.append(tag)
+            value = getattr(value, "_value", None)
+            continue
+        fields = [_field(value, name) for name in sorted(getattr(value, "_all_field_names_", ()))]
+        value = next((v for v in fields if _is_union(v)), None)
+        if value is None:
+            break
+    return tags
+
+
+def _field(value: Any, name: str) -> Any:
+    try:
+        return getattr(value, name)
+    except Exception:  # stone raises on unset required fields
+        return None
+
+
+def _is_union(value: Any) -> bool:
+    return isinstance(getattr(value, "_tag", None), str)
+
+
+def translate_error(exc: BaseException, where: str) -> CutoutdError:
+    """The one place where vendor errors become `daemon.errors` (messages carry no secrets)."""
+    if isinstance(exc, sdk_errors.AuthError):
+        return _auth_error(exc)
+    if isinstance(exc, sdk_errors.RateLimitError):
+        reason = "/".join(tag_chain(exc.error)) or "too_many_requests"
+        return RateLimitedError(f"Dropbox rate limit ({reason}) on {where}", exc.backoff)
+    if isinstance(exc, sdk_errors.BadInputError):
+        text = redact(str(exc.message or ""))[:300]
+        if any(g in text for g in ("invalid_grant", "invalid_client", "unauthorized_client")):
+            return AuthError(
+                f"Dropbox rejected the app key, secret or refresh token: {REAUTHORIZE}"
+            )
+        return PermanentItemError(f"Dropbox rejected the request for {where}: {text}")
+    if isinstance(exc, sdk_errors.ApiError):
+        return _api_error(exc.error, where)
+    if isinstance(exc, sdk_errors.HttpError):
+        message = f"Dropbox answered HTTP {exc.status_code} on {where}"
+        transient = exc.status_code >= 500 or exc.status_code in (408, 425)
+        return TransientError(message) if transient else PermanentItemError(message)
+    if isinstance(exc, requests.RequestException):
+        return TransientError(f"cannot reach Dropbox on {where} ({type(exc).__name__})")
+    if isinstance(exc, CutoutdError):
+        return exc
+    return TransientError(f"unexpected {type(exc).__name__} from Dropbox on {where}")
+
+
+def _auth_error(exc: Any) -> AuthError:
+    tags = tag_chain(exc.error)
+    if "missing_scope" in tags:
+        return AuthError(
+            "the Dropbox app lacks a permission it needs (files.content.read, "
+            f"files.content.write, files.metadata.read): enable it, then {REAUTHORIZE}"
+        )
+    if "expired_access_token" in tags:
+        return AuthError(
+            "Dropbox keeps rejecting fresh access tokens as expired: check the system clock, "
+            f"or {REAUTHORIZE}"
+        )
+    if "user_suspended" in tags:
+        return AuthError("the Dropbox account is suspended")
+    return AuthError(f"Dropbox rejected the refresh token (revoked or wrong): {REAUTHORIZE}")
+
+
+def _api_error(error: Any, where: str) -> CutoutdError:
+    tags = tag_chain(error)
+    summary = "/".join(tags) or "unknown error"
+    if "too_many_write_operations" in tags:
+        return RateLimitedError(f"Dropbox is busy writing in this folder ({summary}) on {where}")
+    if tags[:1] == ["reset"]:
+        return CursorResetError(f"the Dropbox cursor was reset on {where}")
+    if "not_found" in tags:
+        return ItemGoneError(f"{where}: not found in Dropbox ({summary})")
+    if TRANSIENT_TAGS.intersection(tags):
+        return TransientError(f"Dropbox could not complete {where} for now ({summary})")
+    return PermanentItemError(f"Dropbox refused {where} ({summary})")
+
+
+class DropboxStorage:
+    """Storage on a Dropbox folder holding `input/`, `output/`, `archive/` and `failed/`."""
+
+    upload_limit = UPLOAD_LIMIT
+    chunk_size = UPLOAD_CHUNK
+
+    def __init__(
+        self,
+        root: str,
+        recursive: bool,
+        settings: DropboxSettings,
+        credentials: DropboxCredentials,
+        session: requests.Session | None = None,
+    ) -> None:
+        stripped = root.strip("/")
+        self.root = f"/{stripped}" if stripped else ""
+        self.recursive = recursive
+        self.settings = settings
+        self._owns_session = session is None
+        self._session = session if session is not None else dropbox.create_session()
+        for secret in (credentials.refresh_token, credentials.app_secret):
+            if secret:
+                register_secret(secret)
+        self._client = dropbox.Dropbox(
+            oauth2_refresh_token=credentials.refresh_token,
+            app_key=credentials.app_key,
+            app_secret=credentials.app_secret,
+            session=self._session,
+            timeout=settings.timeout,
+            max_retries_on_error=settings.max_retries_on_error,
+            max_retries_on_rate_limit=settings.max_retries_on_rate_limit,
+            user_agent="cutoutd",
+        )
+        self._closing = threading.Event()
+        self._known_token: str | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def key(self) -> str:
+        return "dropbox:" + (self.root.lower() or "/")
+
+    def describe(self) -> str:
+        return f"Dropbox folder {self.root or '/'}"
+
+    def close(self) -> None:
+        """Stop waits in progress and release the connection pool."""
+        self._closing.set()
+        if self._owns_session:
+            self._session.close()
+
+    def _full(self, area: Area, path: str = "") -> str:
+        base = f"{self.root}/{area.value}"
+        path = path.strip("/")
+        return f"{base}/{path}" if path else base
+
+    def _relative(self, area: Area, path: str) -> str:
+        """`/Root/archive/a/b.jpg` -> `a/b.jpg`, counting components (case may differ)."""
+        depth = len(self._full(area).split("/"))
+        return "/".join(path.split("/")[depth:])
+
+    @contextlib.contextmanager
+    def _edge(self, action: str, path: str | None = None) -> Iterator[None]:
+        where = f"{action} {path}" if path else action
+        try:
+            yield
+        except VENDOR_ERRORS as exc:
+            raise translate_error(exc, where) from None
+        finally:
+            self._note_token()
+
+    def _note_token(self) -> None:
+        token = getattr(self._client, "_oauth2_access_token", None)
+        if isinstance(token, str) and token != self._known_token:
+            register_secret(token)
+            self._known_token = token
+            log.debug("Dropbox access token refreshed", extra={"event": "dropbox.token_refreshed"})
+
+    # ------------------------------------------------------------------ reading
+
+    def ensure_layout(self) -> None:
+        for area in Area:
+            path = self._full(area)
+            with self._edge("create folder", path):
+                try:
+                    self._client.files_create_folder_v2(path)
+                except sdk_errors.ApiError as exc:
+                    tags = tag_chain(exc.error)
+                    if tags[-2:] == ["conflict", "folder"]:
+                        continue
+                    if "conflict" in tags:
+                        problem = f"source.root: {path} is a file in Dropbox, not a folder"
+                        raise ConfigError([problem]) from None
+                    raise
+                log.info(
+                    "created %s", path, extra={"event": "storage.folder_created", "path": path}
+                )
+
+    def list_changes(self, cursor: str | None) -> ChangeBatch:
+        folder = self._full(Area.INPUT)
+        with self._edge("list", folder):
+            try:
+                if cursor is None:
+                    result = self._client.files_list_folder(
+                        folder, recursive=self.recursive, include_non_downloadable_files=False
+                    )
+                else:
+                    result = self._client.files_list_folder_continue(cursor)
+            except sdk_errors.ApiError as exc:
+                if cursor is not None and (exc.error.is_reset() or exc.error.is_path()):
+                    raise CursorResetError(f"the Dropbox cursor for {folder} was reset") from None
+                if cursor is None and exc.error.is_path():
+                    raise TransientError(f"{folder} is missing in Dropbox") from None
+                raise
+        changes = tuple(c for c in map(self._change, result.entries) if c is not None)
+        return ChangeBatch(changes, result.cursor, bool(result.has_more))
+
+    def _change(self, entry: Any) -> Change | None:
+        if not entry.path_lower or not entry.path_display:
+            return None
+        relative = self._relative(Area.INPUT, entry.path_display)
+        relative_lower = self._relative(Area.INPUT, entry.path_lower)
+        if not relative or (not self.recursive and "/" in relative):
+            return None
+        if any(is_ignored_name(part) for part in relative.split("/")):
+            return None  # hidden or temporary, like the local storage (folders included)
+        if isinstance(entry, sdk_files.DeletedMetadata):
+            return DeletedEntry(relative_lower)
+        if not isinstance(entry, sdk_files.FileMetadata) or entry.is_downloadable is False:
+            return None
+        modified: datetime | None = entry.server_modified
+        return RemoteFile(
+            path=relative,
+            path_lower=relative_lower,
+            rev=entry.rev,
+            size=entry.size,
+            content_hash=entry.content_hash or "",
+            modified_at=modified.replace(tzinfo=UTC) if modified else None,
+        )
+
+    def read(self, file: RemoteFile) -> bytes:
+        path = self._full(Area.INPUT, file.path)
+        with self._edge("download", path):
+            metadata, response = self._client.files_download(path)
+            with contextlib.closing(response):
+                if metadata.rev != file.rev:
+                    raise ItemGoneError(f"{file.path} was replaced (rev {metadata.rev})")
+                data: bytes = response.content
+        if metadata.content_hash and content_hash_bytes(data) != metadata.content_hash:
+            raise TransientError(f"download of {file.path} arrived incomplete")
+        return data
+
+    def _metadata(self, path: str) -> Any:
+        """The item's metadata, or None when nothing is there."""
+        try:
+            with self._edge("get metadata", path):
+                return self._client.files_get_metadata(path)
+        except ItemGoneError:
+            return None
+
+    def current_rev(self, path: str) -> str | None:
+        metadata = self._metadata(self._full(Area.INPUT, path))
+        return metadata.rev if isinstance(metadata, sdk_files.FileMetadata) else None
+
+    def exists(self, area: Area, path: str) -> bool:
+        return self._metadata(self._full(area, path)) is not None
+
+    def temporary_link(self, file: RemoteFile) -> str:
+        path = self._full(Area.INPUT, file.path)
+        with self._edge("temporary link", path):
+            result = self._client.files_get_temporary_link(path)
+        if result.metadata.rev != file.rev:
+            raise ItemGoneError(f"{file.path} was replaced (rev {result.metadata.rev})")
+        return str(result.link)
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, area: Area, path: str, data: bytes) -> str:
+        target = self._full(area, path)
+        with self._edge("upload", target):
+            if len(data) <= self.upload_limit:
+                metadata = self._client.files_upload(
+                    data, target, mode=sdk_files.WriteMode.overwrite, mute=True
+                )
+            else:
+                metadata = self._upload_in_session(data, target)
+        return self._relative(area, metadata.path_display)
+
+    def _upload_in_session(self, data: bytes, target: str) -> Any:
+        chunk = self.chunk_size
+        started = self._client.files_upload_session_start(data[:chunk])
+        offset = min(chunk, len(data))
+        while len(data) - offset > chunk:
+            cursor = sdk_files.UploadSessionCursor(started.session_id, offset)
+            try:
+                self._client.files_upload_session_append_v2(data[offset : offset + chunk], cursor)
+            except sdk_errors.ApiError as exc:  # an earlier try landed but its answer was lost
+                if not exc.error.is_incorrect_offset():
+                    raise
+                offset = exc.error.get_incorrect_offset().correct_offset
+                continue
+            offset += chunk
+        cursor = sdk_files.UploadSessionCursor(started.session_id, offset)
+        commit = sdk_files.CommitInfo(target, mode=sdk_files.WriteMode.overwrite, mute=True)
+        return self._client.files_upload_session_finish(data[offset:], cursor, commit)
+
+    def write_from_url(self, area: Area, path: str, url: str) -> str:
+        """Let Dropbox fetch `url` (`files/save_url`) into `<area>/<path>`, replacing it.
+
+        save_url never overwrites (it autorenames), so the file lands under a hidden
+        temporary name first and then replaces the target.
+        """
+        target = self._full(area, path)
+        parent, _, name = target.rpartition("/")
+        temporary = f"{parent}/.cutoutd-{uuid.uuid4().hex[:12]}-{name}"
+        with self._edge("save_url", target):
+            launch = self._client.files_save_url(temporary, url)
+            saved = launch.get_complete() if launch.is_complete() else None
+        if saved is None:
+            saved = self._await_save_url(launch.get_async_job_id(), target)
+        return self._replace(area, saved.path_display, target)
+
+    def _await_save_url(self, job_id: str, target: str) -> Any:
+        deadline, delay = time.monotonic() + SAVE_URL_DEADLINE, 0.25
+        while time.monotonic() < deadline:
+            if self._closing.wait(delay):
+                raise TransientError(f"stopped while Dropbox was fetching {target}")
+            delay = min(delay * 2, 5.0)
+            with self._edge("save_url status", target):
+                status = self._client.files_save_url_check_job_status(job_id)
+            if status.is_complete():
+                return status.get_complete()
+            if status.is_failed():
+                raise _api_error(status.get_failed(), f"save_url {target}")
+        raise TransientError(f"Dropbox did not finish fetching {target} in time")
+
+    def _replace(self, area: Area, source: str, target: str) -> str:
+        """Move `source` onto `target`, deleting whatever is at `target` first."""
+        with self._edge("replace", target):
+            self._delete_if_present(target)
+            metadata = self._client.files_move_v2(source, target, autorename=False).metadata
+        return self._relative(area, metadata.path_display)
+
+    def _delete_if_present(self, path: str) -> None:
+        try:
+            self._client.files_delete_v2(path)
+        except sdk_errors.ApiError as exc:
+            if "not_found" not in tag_chain(exc.error):
+                raise
+
+    def copy(self, area: Area, source: str, target: str) -> str:
+        destination = self._full(area, target)
+        with self._edge("copy", destination):
+            self._delete_if_present(destination)
+            metadata = self._client.files_copy_v2(self._full(area, source), destination).metadata
+        return self._relative(area, metadata.path_display)
+
+    def relocate(self, file: RemoteFile, area: Area) -> str:
+        source = self._full(Area.INPUT, file.path)
+        with self._edge("move", source):
+            result = self._client.files_move_v2(
+                source, self._full(area, file.path), autorename=True
+            )
+        return self._relative(area, result.metadata.path_display)
+
+    def relocate_many(self, files: Sequence[RemoteFile], area: Area) -> list[str | Exception]:
+        """`relocate` for many inputs in batches; one result (path or error) per file."""
+        results: list[str | Exception] = []
+        for start in range(0, len(files), BATCH_SIZE):
+            batch = files[start : start + BATCH_SIZE]
+            entries = [
+                sdk_files.RelocationPath(self._full(Area.INPUT, f.path), self._full(area, f.path))
+                for f in batch
+            ]
+            for file, entry in zip(batch, self._move_batch(entries, area), strict=True):
+                if entry.is_success():
+                    results.append(self._relative(area, entry.get_success().path_display))
+                else:
+                    where = f"move {self._full(Area.INPUT, file.path)}"
+                    results.append(_api_error(entry.get_failure(), where))
+        return results
+
+    def _move_batch(self, entries: list[Any], area: Area) -> list[Any]:
+        where, delay = self._full(area), 0.1
+        with self._edge("move batch", where):
+            launch = self._client.files_move_batch_v2(entries, autorename=True)
+            if launch.is_complete():
+                return list(launch.get_complete().entries)
+            job_id = launch.get_async_job_id()
+            while not self._closing.wait(delay):
+                status = self._client.files_move_batch_check_v2(job_id)
+                if status.is_complete():
+                    return list(status.get_complete().entries)
+                delay = min(delay * 2, 5.0)
+        raise TransientError(f"stopped while Dropbox was moving files into {where}")
+
+    def restore(self, area: Area, path: str, to_path: str) -> str:
+        source = self._full(area, path)
+        with self._edge("move", source):
+            result = self._client.files_move_v2(
+                source, self._full(Area.INPUT, to_path), autorename=True
+            )
+        return self._relative(Area.INPUT, result.metadata.path_display)
+
+    def delete(self, file: RemoteFile) -> None:
+        """Delete exactly this revision (`parent_rev`); a newer one stays and is reported."""
+        path = self._full(Area.INPUT, file.path)
+        try:
+            with self._edge("delete", path):
+                self._client.files_delete_v2(path, parent_rev=file.rev)
+        except (ItemGoneError, PermanentItemError):
+            current = self.current_rev(file.path)
+            if current is None:
+                return
+            if current != file.rev:
+                raise ItemGoneError(f"{file.path} was replaced (rev {current})") from None
+            raise
+
+    # ------------------------------------------------------------------ change notification
+
+    def wait_for_changes(self, cursor: str, timeout: float, stop: threading.Event) -> bool:
+        """Longpoll (notify host, no auth). Blocks at most the longpoll timeout plus a grace
+        period; a client-side timeout counts as "no change" (the cursor is not consumed)."""
+        if stop.is_set():
+            return False
+        seconds = min(max(int(timeout), 30), 480)
+        argument = sdk_files.ListFolderLongpollArg(cursor, seconds)
+        with self._edge("longpoll"):
+            try:
+                result = self._client.request(
+                    sdk_files.list_folder_longpoll,
+                    "files",
+                    argument,
+                    None,
+                    timeout=seconds + LONGPOLL_GRACE,
+                )
+            except requests.ReadTimeout:
+                return False
+            except sdk_errors.ApiError as exc:
+                if exc.error.is_reset():
+                    raise CursorResetError("the Dropbox cursor was reset (longpoll)") from None
+                raise
+        if result.backoff:
+            stop.wait(result.backoff)
+        return bool(result.changes)
+
+
+def authorize_dropbox(
+    app_key: str,
+    app_secret: str | None,
+    read_code: Callable[[str], str],
+    session: requests.Session | None = None,
+) -> dict[str, str]:
+    """OAuth2 PKCE without redirect: show the URL, read the code, return the env lines."""
+    flow = DropboxOAuth2FlowNoRedirect(app_key, use_pkce=True, token_access_type="offline")
+    if session is not None:
+        flow.requests_session.close()
+        flow.requests_session = session
+    try:
+        code = read_code(flow.start()).strip()
+        if not code:
+            raise AuthError("no authorization code was entered: run `cutoutd auth dropbox` again")
+        result = flow.finish(code)
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise AuthError(
+            f"Dropbox did not accept that authorization code (HTTP {status}: expired, already "
+            "used, mistyped, or for another app key): run `cutoutd auth dropbox` again"
+        ) from None
+    except requests.RequestException as exc:
+        name = type(exc).__name__
+        raise TransientError(f"cannot reach Dropbox to finish authorizing ({name})") from None
+    finally:
+        if session is None:
+            flow.requests_session.close()
+    if not result.refresh_token:
+        raise AuthError("Dropbox issued no refresh token: the app must allow offline access")
+    register_secret(result.refresh_token)
+    register_secret(result.access_token)
+    lines = {"DROPBOX_APP_KEY": app_key, "DROPBOX_REFRESH_TOKEN": result.refresh_token}
+    if app_secret:
+        lines["DROPBOX_APP_SECRET"] = app_secret
+    return lines

@@ -1,0 +1,156 @@
+"""The real `cutoutd` command with `[source] kind = "dropbox"` and the local engine,
+against the HTTPS Dropbox fake (recipe B: the SDK's host variables, REQUESTS_CA_BUNDLE
+and DROPBOX_* credentials in the subprocess environment)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import run_cutoutd
+from tests.fakes.dropbox_server import FakeDropbox
+from tests.helpers import alpha_iou, encode, shape_image
+
+ROOT = "/RemoveBGProcess"
+pytestmark = pytest.mark.skipif(
+    find_spec("daemon.engines.local") is None, reason="the local engine is not in this tree yet"
+)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeDropbox]:
+    with FakeDropbox(https=True) as server:
+        yield server
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "cutoutd.toml"
+    path.write_text(
+        f'[source]\nkind = "dropbox"\nroot = "{ROOT}"\npoll_interval = 0.5\nsettle_seconds = 0\n'
+        f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.sqlite3"}"\n'
+        "[retry]\nbackoff_initial = 0.2\nbackoff_multiplier = 1\nmax_attempts = 10\n"
+        "[dropbox]\ntimeout = 20\nmax_retries_on_error = 1\nmax_retries_on_rate_limit = 3\n"
+        '[log]\nformat = "json"\nlevel = "INFO"\n'
+    )
+    return path
+
+
+def put_images(fake: FakeDropbox, names: list[str], seed: int = 0) -> dict[str, np.ndarray]:
+    masks = {}
+    for n, name in enumerate(names):
+        shape = "ellipse" if (n + seed) % 2 else "rectangle"
+        color = ((40 * (n + seed)) % 200 + 30, 80, 200 - (30 * (n + seed)) % 150)
+        image, mask = shape_image((320, 240), shape=shape, color=color)
+        fake.put_file(f"{ROOT}/input/{name}", encode(image, "JPEG", quality=95))
+        masks[name] = mask
+    return masks
+
+
+def run_once(fake: FakeDropbox, config: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **fake.sdk_environment(),
+        "DROPBOX_APP_KEY": fake.app_key,
+        "DROPBOX_APP_SECRET": fake.app_secret or "",
+        "DROPBOX_REFRESH_TOKEN": fake.refresh_token,
+    }
+    result = run_cutoutd("--config", str(config), "run", "--once", env=env)
+    assert fake.refresh_token not in result.stderr
+    assert not any(token in result.stderr for token in fake.access_tokens)
+    return result
+
+
+def ledger_rows(config: Path) -> list[dict[str, Any]]:
+    listing = run_cutoutd("--config", str(config), "ledger", "list", "--format", "json")
+    assert listing.returncode == 0, listing.stderr
+    rows: list[dict[str, Any]] = json.loads(listing.stdout)
+    return rows
+
+
+def output_of(name: str) -> str:
+    return f"{ROOT}/output/{name.rsplit('.', 1)[0]}.png"
+
+
+def assert_cut_out(fake: FakeDropbox, masks: dict[str, np.ndarray]) -> None:
+    outputs = fake.files_under(f"{ROOT}/output")
+    archived = fake.files_under(f"{ROOT}/archive")
+    for name, mask in masks.items():
+        assert alpha_iou(outputs[output_of(name)], mask) >= 0.9, name
+        assert f"{ROOT}/archive/{name}" in archived, name
+
+
+def test_run_once_cuts_out_archives_and_reprocesses_new_revisions(
+    fake: FakeDropbox, config: Path
+) -> None:
+    masks = put_images(fake, ["Photo 1.jpg", "Ünï #2.JPG", "plain.jpg"])
+    result = run_once(fake, config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "processed 3: 3 succeeded, 0 failed, 0 skipped; 0 still pending"
+    assert_cut_out(fake, masks)
+    assert fake.files_under(f"{ROOT}/input") == {}
+
+    again = put_images(fake, ["Photo 1.jpg"], seed=1)  # a new revision of the same name
+    result = run_once(fake, config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("processed 1: 1 succeeded")
+    outputs = fake.files_under(f"{ROOT}/output")
+    assert alpha_iou(outputs[output_of("Photo 1.jpg")], again["Photo 1.jpg"]) >= 0.9
+    assert f"{ROOT}/archive/Photo 1 (1).jpg" in fake.files_under(f"{ROOT}/archive")
+    rows = [r for r in ledger_rows(config) if r["path"] == "Photo 1.jpg"]
+    assert len(rows) == 2 and len({r["rev"] for r in rows}) == 2
+
+
+def test_deleted_before_processing_is_skipped(fake: FakeDropbox, config: Path) -> None:
+    masks = put_images(fake, ["keep.jpg", "vanish.jpg"])
+
+    def vanish(route: str, arg: Any) -> None:
+        if route == "files/download" and arg["path"].lower().endswith("/vanish.jpg"):
+            fake.delete(f"{ROOT}/input/vanish.jpg")
+
+    fake.hooks.append(vanish)
+    result = run_once(fake, config)
+    assert result.returncode == 0, result.stderr
+    assert "1 succeeded" in result.stdout and "1 skipped" in result.stdout
+    assert_cut_out(fake, {"keep.jpg": masks["keep.jpg"]})
+    assert output_of("vanish.jpg") not in fake.files_under(f"{ROOT}/output")
+    statuses = {r["path"]: r["status"] for r in ledger_rows(config)}
+    assert statuses == {"keep.jpg": "succeeded", "vanish.jpg": "skipped"}
+
+
+def test_cursor_reset_mid_listing_creates_no_duplicates(fake: FakeDropbox, config: Path) -> None:
+    fake.page_size = 2
+    masks = put_images(fake, [f"img{n}.jpg" for n in range(5)])
+    resets: list[str] = []
+
+    def reset_once(route: str, arg: Any) -> None:
+        if route == "files/list_folder/continue" and not resets:
+            resets.append(route)
+            fake.reset_cursors()
+
+    fake.hooks.append(reset_once)
+    result = run_once(fake, config)
+    assert result.returncode == 0, result.stderr
+    assert resets and "cursor.reset" in result.stderr
+    assert result.stdout.startswith("processed 5: 5 succeeded")
+    assert_cut_out(fake, masks)
+    assert len(fake.files_under(f"{ROOT}/output")) == 5
+    assert len(fake.files_under(f"{ROOT}/archive")) == 5
+    assert sorted(r["path"] for r in ledger_rows(config)) == sorted(masks)
+
+
+def test_rate_limit_storm_still_processes_everything(fake: FakeDropbox, config: Path) -> None:
+    masks = put_images(fake, [f"storm{n}.jpg" for n in range(4)])
+    fake.rate_limit(None, retry_after=1, probability=0.3)
+    result = run_once(fake, config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("processed 4: 4 succeeded"), result.stdout
+    assert fake.faulted["rate_limit"] > 0
+    assert_cut_out(fake, masks)
+    assert fake.files_under(f"{ROOT}/input") == {}
