@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -22,11 +23,16 @@ from daemon.ledger import Ledger, default_ledger_url
 from daemon.ledger.queries import LedgerReader
 from daemon.logs import context
 from daemon.models import Item, ItemStatus
+from daemon.notify import Notifier
 from daemon.pipeline import Pipeline
-from daemon.secrets import read_secret
+from daemon.secrets import read_secret, redact
 from daemon.storage.base import Storage
 
+if TYPE_CHECKING:
+    from daemon.metrics import Metrics, MetricsServer
+
 log = logging.getLogger(__name__)
+HEALTHY_POLL_AGE_MIN = 10.0  # /healthz tolerates 3 poll intervals, but never less than this
 
 
 def ledger_url(settings: Settings) -> str:
@@ -66,6 +72,23 @@ def worker_count(settings: Settings) -> int:
     return settings.engine.workers
 
 
+def build_metrics(settings: Settings, engine: Engine) -> Metrics | None:
+    if not settings.metrics.enabled:
+        return None
+    from daemon.metrics import Metrics, engine_rate_limit_reader
+
+    return Metrics(engine.name, engine_rate_limit_reader(engine))
+
+
+def discovery_interval(settings: Settings, notifier: Notifier) -> float:
+    """The poll interval, shortened when needed so that discovery passes (which ping the
+    systemd watchdog) come at least twice per WatchdogSec."""
+    interval = settings.source.poll_interval
+    if notifier.watchdog_seconds:
+        interval = min(interval, notifier.watchdog_seconds / 2)
+    return interval
+
+
 @dataclass(slots=True)
 class RunSummary:
     counts: dict[ItemStatus, int] = field(default_factory=dict)
@@ -92,6 +115,8 @@ class Service:
         storage: Storage | None = None,
         engine: Engine | None = None,
         ledger: Ledger | None = None,
+        notifier: Notifier | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.stop = threading.Event()
@@ -103,11 +128,22 @@ class Service:
         )
         self.storage = storage or build_storage(settings)
         self.engine = engine or build_engine(settings, self.stop)
-        self.pipeline = Pipeline(self.storage, self.engine, self.ledger, settings, self.stop)
+        self.metrics = build_metrics(settings, self.engine)
+        self.pipeline = Pipeline(
+            self.storage, self.engine, self.ledger, settings, self.stop, self.metrics
+        )
         self.in_flight: dict[int, Item] = {}
         self._lock = threading.Lock()
+        self.monotonic = monotonic
         self.last_poll_at: float | None = None
         self.fatal: BaseException | None = None
+        self.credential_error: str | None = None
+        self.notifier = notifier or Notifier.from_environment()
+        self.poll_every = discovery_interval(settings, self.notifier)
+        self._workers: list[threading.Thread] = []
+        if self.metrics is not None:
+            self.metrics.track_in_flight(lambda: len(self.in_flight))
+            self.metrics.track_pending(lambda: self.ledger.counts()[ItemStatus.PENDING])
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -133,7 +169,9 @@ class Service:
 
     def close(self) -> None:
         self.engine.close()
+        self.storage.close()
         self.ledger.close()
+        self.notifier.close()
 
     # -- the work -------------------------------------------------------------------------
 
@@ -155,25 +193,95 @@ class Service:
                     self.in_flight.pop(item.id, None)
 
     def _fatal(self, exc: BaseException) -> None:
+        if isinstance(exc, AuthError):
+            self.credential_error = redact(str(exc))
         self.fatal = exc
         self.stop.set()
         self.wake.set()
 
-    def discover(self) -> int:
-        """One discovery pass; returns the number of files still settling."""
+    def discover(self) -> int | None:
+        """One discovery pass; returns the number of files still settling, or None when
+        the pass failed (it is retried by the next one)."""
         try:
-            found = self.pipeline.discover()
+            found = self.pipeline.discover(progress=self._ping_watchdog)
             self.pipeline.relocate_pending()
         except AuthError as exc:
             self._fatal(exc)
             return 0
         except TransientError as exc:
             log.warning("discovery failed, will retry: %s", exc, extra=context("discovery.retry"))
-            return 0
-        self.last_poll_at = time.monotonic()
+            self._report()
+            return None
+        self.last_poll_at = self.monotonic()
+        if self.metrics is not None:
+            self.metrics.poll_succeeded(time.time())
         if found.added:
             self.wake.set()
+        self._report()
         return found.settling
+
+    # -- telling systemd and monitoring -----------------------------------------------------
+
+    def _workers_alive(self) -> bool:
+        return all(thread.is_alive() for thread in self._workers)
+
+    def _ping_watchdog(self) -> None:
+        """WATCHDOG=1 from the discovery loop itself, and only while every worker thread
+        lives: a stuck pass or a dead worker stops the pings and systemd restarts us."""
+        if self._workers_alive():
+            self.notifier.watchdog()
+
+    def _report(self) -> None:
+        """After each discovery pass: the watchdog ping with STATUS=."""
+        if not self.notifier.enabled:
+            return
+        counts = self.ledger.counts()
+        status = self.status_line(counts)
+        if self._workers_alive():
+            self.notifier.watchdog(status)
+        else:
+            self.notifier.status(status)
+
+    def status_line(self, counts: dict[ItemStatus, int]) -> str:
+        """`1203 done, 3 in flight, 2 failed, 5 pending, last poll 4 s ago`."""
+        done = counts[ItemStatus.SUCCEEDED] + counts[ItemStatus.SKIPPED]
+        poll = (
+            "no poll yet"
+            if self.last_poll_at is None
+            else f"last poll {self.monotonic() - self.last_poll_at:.0f} s ago"
+        )
+        return (
+            f"{done} done, {len(self.in_flight)} in flight, {counts[ItemStatus.FAILED]} failed, "
+            f"{counts[ItemStatus.PENDING]} pending, {poll}"
+        )
+
+    def health(self) -> str | None:
+        """None while healthy; otherwise the reason, for /healthz."""
+        if self.credential_error is not None:
+            return f"credentials rejected: {self.credential_error}"
+        if self.stop.is_set():
+            return "stopping"
+        dead = [thread.name for thread in self._workers if not thread.is_alive()]
+        if dead:
+            return f"worker threads stopped: {', '.join(dead)}"
+        if self.last_poll_at is None:
+            return "no successful poll yet"
+        age = self.monotonic() - self.last_poll_at
+        limit = max(3 * self.poll_every, HEALTHY_POLL_AGE_MIN)
+        if age > limit:
+            return f"last successful poll {age:.0f} s ago (limit {limit:.0f} s)"
+        return None
+
+    def serve_metrics(self) -> MetricsServer | None:
+        """Start the /metrics and /healthz server when `[metrics] enabled`."""
+        if self.metrics is None:
+            return None
+        from daemon.metrics import MetricsServer
+
+        metrics = self.settings.metrics
+        server = MetricsServer(self.metrics, metrics.address, metrics.port, self.health)
+        server.start()
+        return server
 
     def _parallel(
         self, count: int, target: Callable[[], None], name: str
@@ -189,8 +297,12 @@ class Service:
         """Take every image present to a terminal state, then return."""
         started = datetime.now(UTC)
         self.start()
+        failures = 0
         while not self.stop.is_set():
             settling = self.discover()
+            failures = failures + 1 if settling is None else 0
+            if failures > self.settings.retry.max_attempts:
+                raise TransientError(f"storage unavailable after {failures - 1} retries")
             threads = self._parallel(worker_count(self.settings), self.work_until_idle, "worker")
             for thread in threads:
                 while thread.is_alive() and not self.stop.is_set():
@@ -199,13 +311,16 @@ class Service:
             if due is None and settling == 0:
                 break
             wait = 1.0 if due is None else (due - datetime.now(UTC)).total_seconds()
-            self.stop.wait(min(max(wait, 0.05), 5.0))
+            if settling is None:
+                wait = self.settings.retry.delay_after(failures)
+            self.stop.wait(min(max(wait, 0.05), 5.0 if settling is not None else wait))
+        interrupted = self.stop.is_set() and self.fatal is None
         self._drain()
         counts = self.ledger.counts()
         return RunSummary(
             self.ledger.finished_since(started),
             counts[ItemStatus.PENDING] + counts[ItemStatus.PROCESSING],
-            interrupted=self.stop.is_set() and self.fatal is None,
+            interrupted=interrupted,
         )
 
     def _worker_loop(self) -> None:
@@ -240,23 +355,33 @@ class Service:
     def run_forever(self) -> None:
         """Run until SIGTERM/SIGINT (see install_signal_handlers), then drain."""
         self.start()
+        server = self.serve_metrics()
+        try:
+            self._run_loops()
+        finally:
+            if server is not None:
+                server.close()
+
+    def _run_loops(self) -> None:
         scheduler = BackgroundScheduler(timezone=UTC)
         scheduler.add_job(
             self.discover,
             "interval",
             id="discover",
-            seconds=self.settings.source.poll_interval,
+            seconds=self.poll_every,
             max_instances=1,
             coalesce=True,
             next_run_time=datetime.now(UTC),
         )
+        self._workers = self._parallel(worker_count(self.settings), self._worker_loop, "worker")
+        log.info("cutoutd running on %s", self.storage.describe(), extra=context("service.ready"))
+        self.notifier.ready(f"running on {self.storage.describe()}")
         scheduler.start()
-        self._parallel(worker_count(self.settings), self._worker_loop, "worker")
         if self.settings.source.longpoll:
             self._parallel(1, lambda: self._longpoll_loop(scheduler), "longpoll")
-        log.info("cutoutd running on %s", self.storage.describe(), extra=context("service.ready"))
         self.stop.wait()
         log.info("stopping", extra=context("service.stopping"))
+        self.notifier.stopping("draining in-flight images")
         scheduler.shutdown(wait=False)
         self._drain()
 

@@ -24,7 +24,7 @@ def make_inputs(
     masks = {}
     for n in range(count):
         shape = "ellipse" if n % 2 else "rectangle"
-        color = ((40 * n) % 200 + 30, 80, 200 - (30 * n) % 150)
+        color = (20 + (13 * n) % 200, 60 + n, 210 - 7 * n)  # unique: no dedupe
         masks[f"img{n:02d}.jpg"] = write_shape(
             root / "input" / f"img{n:02d}.jpg", size=size, shape=shape, color=color
         )
@@ -143,7 +143,7 @@ def test_sigterm_mid_run_then_restart_handles_each_image_once(
     assert result.returncode == 0, result.stderr
     rows = ledger_rows(config)
     assert sorted(r["path"] for r in rows) == sorted(masks)
-    assert all(r["status"] == "succeeded" and r["attempts"] == 1 for r in rows)
+    assert all(r["status"] == "succeeded" and r["attempts"] == 1 for r in rows), rows
     assert sorted(p.name for p in (root / "output").iterdir()) == sorted(
         n.replace(".jpg", ".png") for n in masks
     )

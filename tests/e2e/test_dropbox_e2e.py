@@ -5,23 +5,23 @@ and DROPBOX_* credentials in the subprocess environment)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
-from importlib.util import find_spec
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import run_cutoutd
+from tests.e2e.conftest import CUTOUTD, run_cutoutd
 from tests.fakes.dropbox_server import FakeDropbox
 from tests.helpers import alpha_iou, encode, shape_image
 
 ROOT = "/RemoveBGProcess"
-pytestmark = pytest.mark.skipif(
-    find_spec("daemon.engines.local") is None, reason="the local engine is not in this tree yet"
-)
 
 
 @pytest.fixture
@@ -47,7 +47,8 @@ def put_images(fake: FakeDropbox, names: list[str], seed: int = 0) -> dict[str, 
     masks = {}
     for n, name in enumerate(names):
         shape = "ellipse" if (n + seed) % 2 else "rectangle"
-        color = ((40 * (n + seed)) % 200 + 30, 80, 200 - (30 * (n + seed)) % 150)
+        k = n + 5 * seed  # distinct colours: identical bytes would be deduplicated
+        color = (20 + (13 * k) % 200, 60 + k, 210 - 7 * k)
         image, mask = shape_image((320, 240), shape=shape, color=color)
         fake.put_file(f"{ROOT}/input/{name}", encode(image, "JPEG", quality=95))
         masks[name] = mask
@@ -154,3 +155,73 @@ def test_rate_limit_storm_still_processes_everything(fake: FakeDropbox, config: 
     assert fake.faulted["rate_limit"] > 0
     assert_cut_out(fake, masks)
     assert fake.files_under(f"{ROOT}/input") == {}
+
+
+def test_run_picks_up_a_new_upload_through_longpoll(fake: FakeDropbox, tmp_path: Path) -> None:
+    """`cutoutd run` with a 60 s poll interval: only the longpoll can make this quick."""
+    config = tmp_path / "longpoll.toml"
+    config.write_text(
+        f'[source]\nkind = "dropbox"\nroot = "{ROOT}"\npoll_interval = 60\n'
+        f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.sqlite3"}"\n'
+        '[dropbox]\nlongpoll_timeout = 30\n[log]\nformat = "json"\n'
+    )
+    env = {**os.environ, **fake.sdk_environment(), "DROPBOX_APP_KEY": fake.app_key,
+           "DROPBOX_APP_SECRET": fake.app_secret or "", "DROPBOX_REFRESH_TOKEN": fake.refresh_token}  # fmt: skip
+    process = subprocess.Popen([CUTOUTD, "--config", str(config), "run"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and fake.counts.get("files/list_folder/longpoll", 0) == 0:
+            time.sleep(0.05)
+        assert fake.counts.get("files/list_folder/longpoll", 0) > 0, "daemon never longpolled"
+        time.sleep(0.5)  # the first discovery pass (an empty input/) is over
+        masks = put_images(fake, ["late arrival.jpg"])
+        uploaded = time.monotonic()
+        uploaded_at = datetime.now(UTC)
+        output = output_of("late arrival.jpg")
+        while time.monotonic() - uploaded < 20 and output not in fake.files_under(f"{ROOT}/output"):
+            time.sleep(0.05)
+        latency = time.monotonic() - uploaded
+        assert output in fake.files_under(f"{ROOT}/output"), "not processed within 20 s"
+        assert (
+            alpha_iou(fake.files_under(f"{ROOT}/output")[output], masks["late arrival.jpg"]) >= 0.9
+        )
+        assert latency < 10
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0
+    found = [datetime.fromisoformat(r["time"]) for r in map(json.loads, err.splitlines())
+             if r["event"] == "discovery.changes"]  # fmt: skip
+    pickup = (found[-1] - uploaded_at).total_seconds()
+    print(f"upload -> discovered {pickup:.3f} s, upload -> output written {latency:.2f} s")
+    assert 0 <= pickup < 2.0
+
+
+def test_auth_dropbox_command_prints_a_refresh_token(fake: FakeDropbox) -> None:
+    env = {**os.environ, **fake.sdk_environment(), "DROPBOX_APP_KEY": fake.app_key}
+    env.pop("DROPBOX_APP_SECRET", None)
+    process = subprocess.Popen([CUTOUTD, "auth", "dropbox"], env=env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert process.stderr is not None and process.stdin is not None
+    url = ""
+    while not url:
+        line = process.stderr.readline()
+        assert line, "the command ended without printing an authorization URL"
+        if line.strip().startswith("https://"):
+            url = line.strip()
+    process.stdin.write(fake.approve(url) + "\n")
+    process.stdin.flush()
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    lines = dict(
+        line.split("=", 1) for line in out.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert lines["DROPBOX_APP_KEY"] == fake.app_key
+    token = lines["DROPBOX_REFRESH_TOKEN"]
+    refreshed = fake.session().post(
+        "https://api.dropboxapi.com/oauth2/token",
+        data={"grant_type": "refresh_token", "refresh_token": token, "client_id": fake.app_key},
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    refreshed.close()
