@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import PurePosixPath
+from typing import Protocol
 
 from daemon.config import Settings
 from daemon.engines.base import Engine
@@ -39,6 +42,32 @@ class Discovery:
     settling: int = 0
 
 
+class PipelineObserver(Protocol):
+    """What metrics want to know about outcomes (see daemon.metrics.Metrics)."""
+
+    def engine_finished(self, engine: str, seconds: float) -> None: ...
+
+    def job_submitted(self, engine: str) -> None: ...
+
+    def item_finished(self, outcome: str, seconds_since_discovery: float) -> None: ...
+
+    def retry_scheduled(self, rate_limited: bool) -> None: ...
+
+
+class NullObserver:
+    def engine_finished(self, engine: str, seconds: float) -> None:
+        pass
+
+    def job_submitted(self, engine: str) -> None:
+        pass
+
+    def item_finished(self, outcome: str, seconds_since_discovery: float) -> None:
+        pass
+
+    def retry_scheduled(self, rate_limited: bool) -> None:
+        pass
+
+
 def output_candidates(input_path: str, extension: str) -> list[str]:
     """Output names for an input, in order of preference.
 
@@ -61,19 +90,22 @@ class Pipeline:
         ledger: Ledger,
         settings: Settings,
         stop: threading.Event,
+        observer: PipelineObserver | None = None,
     ) -> None:
         self.storage = storage
         self.engine = engine
         self.ledger = ledger
         self.settings = settings
         self.stop = stop
+        self.observer: PipelineObserver = observer or NullObserver()
 
     # -- discovery ------------------------------------------------------------------------
 
-    def discover(self) -> Discovery:
+    def discover(self, progress: Callable[[], None] | None = None) -> Discovery:
         """Record every change since the stored cursor, page by page (rows + cursor in one
         transaction per page). A cursor reset lists everything again; known revisions
-        are ignored by the ledger, so no duplicates arise."""
+        are ignored by the ledger, so no duplicates arise. `progress` is called after each
+        page (the service's watchdog: a first listing of a large folder takes long)."""
         cursor = self.ledger.get_cursor(self.storage.key)
         added = deleted = settling = 0
         resets = 0
@@ -94,6 +126,8 @@ class Pipeline:
             new, gone = self.ledger.record_changes(self.storage.key, batch, self.engine.name)
             added, deleted, settling = added + new, deleted + gone, settling + batch.settling
             cursor = batch.cursor
+            if progress is not None:
+                progress()
             if not batch.has_more:
                 break
         if added or deleted:
@@ -156,6 +190,7 @@ class Pipeline:
         def record_submission(job: SubmittedJob) -> None:
             self.ledger.record_submission(item.id, job, resubmitted=resubmitting[0])
             resubmitting[0] = True
+            self.observer.job_submitted(self.engine.name)
             log.info(
                 "submitted %s as job %s",
                 item.path,
@@ -171,7 +206,11 @@ class Pipeline:
             record_submission=record_submission,
             submitted=submitted,
         )
-        result = self.engine.cut_out(job)
+        started = time.monotonic()
+        try:
+            result = self.engine.cut_out(job)
+        finally:
+            self.observer.engine_finished(self.engine.name, time.monotonic() - started)
         candidates = output_candidates(item.path, result.output_format.value)
         output = self.ledger.reserve_output(item.id, item.path_lower, candidates)
         self.storage.write(Area.OUTPUT, output, result.data)
@@ -197,6 +236,7 @@ class Pipeline:
             output,
             extra=context("cutout.succeeded", path=item.path, rev=item.rev, output=output),
         )
+        self._observe_finished(item, "succeeded")
         self.relocate(item, relocate)
 
     def _skip_duplicate(self, item: Item) -> bool:
@@ -246,6 +286,7 @@ class Pipeline:
             reason,
             extra=context("item.skipped", path=item.path, rev=item.rev, reason=reason),
         )
+        self._observe_finished(item, "skipped")
         self.relocate(item, relocate)
 
     def _fail(self, item: Item, reason: str) -> None:
@@ -268,6 +309,7 @@ class Pipeline:
             reason,
             extra=context("item.failed", path=item.path, rev=item.rev, reason=reason),
         )
+        self._observe_finished(item, "failed")
         self.relocate(item, "failed")
 
     def _retry(self, item: Item, error: TransientError) -> None:
@@ -307,6 +349,13 @@ class Pipeline:
             error,
             extra=context("item.retry", path=item.path, rev=item.rev, attempt=item.attempts),
         )
+        self.observer.retry_scheduled(isinstance(error, RateLimitedError))
+
+    def _observe_finished(self, item: Item, outcome: str) -> None:
+        discovered = item.discovered_at
+        if discovered.tzinfo is None:  # SQLite hands back naive UTC
+            discovered = discovered.replace(tzinfo=UTC)
+        self.observer.item_finished(outcome, (self.ledger.clock() - discovered).total_seconds())
 
     def _release(self, item: Item, reason: str) -> None:
         """Give a claimed revision back untouched (stop, drain): the attempt does not count."""
