@@ -265,6 +265,21 @@ class Pipeline:
     def _finish_skipped(
         self, item: Item, reason: str, relocate: str | None, output: str | None = None
     ) -> None:
+        self._finish(item, ItemStatus.SKIPPED, reason, relocate, output)
+
+    def _fail(self, item: Item, reason: str) -> None:
+        self._finish(item, ItemStatus.FAILED, reason, "failed")
+
+    def _finish(
+        self,
+        item: Item,
+        status: ItemStatus,
+        reason: str,
+        relocate: str | None,
+        output: str | None = None,
+    ) -> None:
+        """End a revision as skipped or failed, with the reason in the ledger, then move
+        its input (failed/ for failures)."""
         values = {
             "last_error": reason,
             "finished_at": self.ledger.clock(),
@@ -275,42 +290,20 @@ class Pipeline:
         if output:
             values["output_path"] = output
         try:
-            self.ledger.transition(
-                item.id, PROCESSING, ItemStatus.SKIPPED, "skipped", values, reason=reason
-            )
+            self.ledger.transition(item.id, PROCESSING, status, status.value, values, reason=reason)
         except LostClaimError:
             return
-        log.info(
-            "skipped %s: %s",
+        level = logging.ERROR if status == ItemStatus.FAILED else logging.INFO
+        log.log(
+            level,
+            "%s %s: %s",
+            status.value,
             item.path,
             reason,
-            extra=context("item.skipped", path=item.path, rev=item.rev, reason=reason),
+            extra=context(f"item.{status.value}", path=item.path, rev=item.rev, reason=reason),
         )
-        self._observe_finished(item, "skipped")
+        self._observe_finished(item, status.value)
         self.relocate(item, relocate)
-
-    def _fail(self, item: Item, reason: str) -> None:
-        values = {
-            "last_error": reason,
-            "finished_at": self.ledger.clock(),
-            "relocate_to": "failed",
-            "claimed_by": None,
-            "lease_expires_at": None,
-        }
-        try:
-            self.ledger.transition(
-                item.id, PROCESSING, ItemStatus.FAILED, "failed", values, reason=reason
-            )
-        except LostClaimError:
-            return
-        log.error(
-            "failed %s: %s",
-            item.path,
-            reason,
-            extra=context("item.failed", path=item.path, rev=item.rev, reason=reason),
-        )
-        self._observe_finished(item, "failed")
-        self.relocate(item, "failed")
 
     def _retry(self, item: Item, error: TransientError) -> None:
         if self.stop.is_set():
