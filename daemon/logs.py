@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -40,6 +41,22 @@ class TextFormatter(logging.Formatter):
         return f"{base} {context}".rstrip()
 
 
+SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+
+class JournalPriorityFormatter(logging.Formatter):
+    """Under systemd (`$JOURNAL_STREAM` set), prefix each line with `<N>`, the syslog
+    priority: journald strips it and files the line at that level (`journalctl -p err`)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = SYSLOG_PRIORITY.get(record.levelno, 2 if record.levelno > logging.ERROR else 6)
+        return f"<{priority}>{self.inner.format(record)}"
+
+
 def configure_logging(level: str = "INFO", format: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
@@ -52,6 +69,8 @@ def configure_logging(level: str = "INFO", format: str = "json") -> None:
         )
     else:
         formatter = TextFormatter("%(asctime)s %(levelname)-7s %(event)s %(message)s")
+    if os.environ.get("JOURNAL_STREAM"):
+        formatter = JournalPriorityFormatter(formatter)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for existing in list(root.handlers):

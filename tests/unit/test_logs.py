@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from daemon.logs import configure_logging, context
+from daemon.secrets import register_secret
+
+
+def test_json_lines_carry_event_and_context(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    configure_logging("INFO", "json")
+    logging.getLogger("daemon.test").info(
+        "wrote %s", "a.png", extra=context("cutout.succeeded", path="a.jpg")
+    )
+    record = json.loads(capsys.readouterr().err)
+    assert (record["event"], record["path"], record["message"], record["level"]) == (
+        "cutout.succeeded", "a.jpg", "wrote a.png", "INFO")  # fmt: skip
+
+
+def test_secrets_and_url_queries_are_scrubbed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    register_secret("sl.supersecrettoken")
+    configure_logging("DEBUG", "text")
+    logging.getLogger("daemon.test").debug(
+        "token %s link %s", "sl.supersecrettoken", "https://dl.example.com/x.jpg?sig=abc123",
+        extra=context("test.event", url="https://h/p?token=zzz"))  # fmt: skip
+    err = capsys.readouterr().err
+    assert "supersecrettoken" not in err and "abc123" not in err and "zzz" not in err
+    assert "https://dl.example.com/x.jpg?<redacted>" in err
+
+
+def test_journald_priority_prefix(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    configure_logging("INFO", "json")
+    logging.getLogger("daemon.test").error("boom", extra=context("item.failed"))
+    line = capsys.readouterr().err
+    assert line.startswith("<3>{")
+    assert json.loads(line[3:])["event"] == "item.failed"
