@@ -12,11 +12,15 @@ import pytest
 CUTOUTD = shutil.which("cutoutd", path=os.path.dirname(sys.executable)) or "cutoutd"
 
 
-def run_cutoutd(*args: str, timeout: float = 240, env: dict[str, str] | None = None,
-                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run_cutoutd(
+    *args: str, timeout: float = 240, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real installed `cutoutd` command as a subprocess."""
-    return subprocess.run([CUTOUTD, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=cwd)  # fmt: skip
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("JOURNAL_STREAM", None)  # plain JSON lines on stderr, even under systemd
+    return subprocess.run(
+        [CUTOUTD, *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd
+    )
 
 
 @pytest.fixture
