@@ -16,7 +16,8 @@ Faithful to ../shared/reference/cloud-apis.md, Part 1 (section 1.10 in particula
 Jobs make a real cutout: a chroma key against the background colour estimated from the image
 border (enough for shapes on a flat background), honouring `mode`, `output.mediaType` (the
 input's format when absent: a JPEG input gives a JPEG, without alpha), `trim` and
-`backgroundColor`. The input is fetched with `requests` from `image.source.url`.
+`backgroundColor`. The input is fetched with `requests` from `image.source.url` (over HTTPS
+with the CA bundle given as `verify`, e.g. the Dropbox fake's temporary links).
 """
 
 from __future__ import annotations
@@ -111,7 +112,11 @@ class FakePhotoshop:
         validate_at_submit: bool = True,
         clock: Callable[[], float] = time.monotonic,
         seed: int = 0,
+        verify: bool | str = True,
     ) -> None:
+        """`verify`: how input fetches check TLS, as `requests`' per-request `verify` (a CA
+        bundle path wins over REQUESTS_CA_BUNDLE); `FakeDropbox(https=True).ca_path` lets the
+        fake fetch that fake's temporary links."""
         self.lock = threading.RLock()
         self.clock = clock
         self._random = random.Random(seed)
@@ -151,6 +156,7 @@ class FakePhotoshop:
         self._closing = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.verify = verify
         self._http = requests.Session()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -372,7 +378,7 @@ class FakePhotoshop:
 
     def _fetch_input(self, source_url: str) -> bytes:
         try:
-            with self._http.get(source_url, timeout=10) as response:
+            with self._http.get(source_url, timeout=10, verify=self.verify) as response:
                 if response.status_code != 200:
                     raise ValueError(f"could not fetch the image (HTTP {response.status_code})")
                 return response.content

@@ -1,0 +1,206 @@
+"""The real `cutoutd` command with the Photoshop engine: the HTTPS Dropbox fake is the source
+(recipe B, see tests/e2e/test_dropbox_e2e.py) and the Photoshop fake is Adobe. The Photoshop
+fake fetches each input from its Dropbox temporary link, so the outputs are real cutouts.
+
+Time is scaled down for CI, consistently on both sides: Adobe's 2 (soft) / 3 (hard)
+submissions per 3 s become 2 / 3 per 0.3 s (engine `submit_period` and the fake's window),
+job latency 0.05-0.3 s instead of seconds, and status polls start at 0.1 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import CUTOUTD, run_cutoutd
+from tests.fakes.dropbox_server import FakeDropbox
+from tests.fakes.photoshop_server import FakePhotoshop
+from tests.helpers import alpha_iou, encode, shape_image
+
+ROOT = "/RemoveBGProcess"
+PERIOD = 0.3  # Adobe's 3 s window, scaled by 0.1 on both sides
+IMAGES = 50
+
+
+@pytest.fixture
+def dropbox() -> Iterator[FakeDropbox]:
+    with FakeDropbox(https=True) as server:
+        yield server
+
+
+@pytest.fixture
+def adobe(dropbox: FakeDropbox) -> Iterator[FakePhotoshop]:
+    fake = FakePhotoshop(
+        submit_limit=3, submit_period=PERIOD, latency=(0.05, 0.3), verify=dropbox.ca_path or True
+    )
+    with fake:
+        yield fake
+
+
+@pytest.fixture
+def config(tmp_path: Path, adobe: FakePhotoshop) -> Path:
+    path = tmp_path / "cutoutd.toml"
+    path.write_text(
+        f'[source]\nkind = "dropbox"\nroot = "{ROOT}"\npoll_interval = 0.5\nsettle_seconds = 0\n'
+        '[engine]\nkind = "photoshop"\n'
+        f'[ledger]\nurl = "sqlite:///{ledger_file(tmp_path)}"\n'
+        "[retry]\nbackoff_initial = 0.2\nbackoff_multiplier = 1\nmax_attempts = 5\n"
+        "[dropbox]\ntimeout = 20\nmax_retries_on_error = 1\nmax_retries_on_rate_limit = 3\n"
+        f'[photoshop]\napi_url = "{adobe.url}"\nims_url = "{adobe.ims_url}"\n'
+        f"submit_limit = 2\nsubmit_period = {PERIOD}\nmax_in_flight = 20\n"
+        "poll_initial = 0.1\npoll_multiplier = 1.5\npoll_max = 0.5\njob_timeout = 60\n"
+        '[log]\nformat = "json"\nlevel = "INFO"\n'
+    )
+    return path
+
+
+def ledger_file(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.sqlite3"
+
+
+def environment(dropbox: FakeDropbox, adobe: FakePhotoshop) -> dict[str, str]:
+    return {
+        **dropbox.sdk_environment(),
+        "DROPBOX_APP_KEY": dropbox.app_key,
+        "DROPBOX_APP_SECRET": dropbox.app_secret or "",
+        "DROPBOX_REFRESH_TOKEN": dropbox.refresh_token,
+        "CLIENT_ID": adobe.client_id,
+        "CLIENT_SECRET": adobe.client_secret,
+    }
+
+
+def put_images(dropbox: FakeDropbox, count: int) -> dict[str, np.ndarray]:
+    """`count` distinct shapes on flat backgrounds (distinct bytes: no dedupe skips)."""
+    masks = {}
+    for n in range(count):
+        color = (30 + (n * 37) % 120, 40 + (n * 53) % 100, 200 - (n * 29) % 150)
+        offset = (n % 7) * 0.02
+        image, mask = shape_image(
+            (200, 150),
+            shape="ellipse" if n % 2 else "rectangle",
+            color=color,
+            box=(0.2 + offset, 0.2, 0.7 + offset, 0.8 - (n % 5) * 0.03),
+        )
+        name = f"shot {n:02d}.jpg"
+        dropbox.put_file(f"{ROOT}/input/{name}", encode(image, "JPEG", quality=95))
+        masks[name] = mask
+    return masks
+
+
+def submissions_by_name(adobe: FakePhotoshop) -> Counter[str]:
+    """Accepted submissions per input file. Every attempt sends a fresh temporary link
+    (`https://<dropbox>/tl/<token>/<name>`), so count by the link's last segment."""
+    with adobe.lock:
+        return Counter(unquote(job.source_url.rsplit("/", 1)[1]) for job in adobe.jobs.values())
+
+
+def output_of(name: str) -> str:
+    return f"{ROOT}/output/{name.rsplit('.', 1)[0]}.png"
+
+
+def ledger_rows(config: Path) -> list[dict[str, Any]]:
+    listing = run_cutoutd("--config", str(config), "ledger", "list", "--format", "json")
+    assert listing.returncode == 0, listing.stderr
+    rows: list[dict[str, Any]] = json.loads(listing.stdout)
+    return rows
+
+
+def assert_cut_out(dropbox: FakeDropbox, masks: dict[str, np.ndarray]) -> None:
+    outputs = dropbox.files_under(f"{ROOT}/output")
+    archived = dropbox.files_under(f"{ROOT}/archive")
+    for name, mask in masks.items():
+        assert alpha_iou(outputs[output_of(name)], mask) >= 0.9, name
+        assert f"{ROOT}/archive/{name}" in archived, name
+    assert dropbox.files_under(f"{ROOT}/input") == {}
+
+
+def test_run_once_submits_each_image_once_within_the_rate_limit(
+    dropbox: FakeDropbox, adobe: FakePhotoshop, config: Path
+) -> None:
+    masks = put_images(dropbox, IMAGES)
+    result = run_cutoutd(
+        "--config", str(config), "run", "--once", env=environment(dropbox, adobe), timeout=180
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == (
+        f"processed {IMAGES}: {IMAGES} succeeded, 0 failed, 0 skipped; 0 still pending"
+    )
+    assert submissions_by_name(adobe) == Counter(dict.fromkeys(masks, 1))
+    assert adobe.submissions == IMAGES
+    assert adobe.rate_limited == 0  # the engine's limiter (2 per period) keeps under 3
+    assert_cut_out(dropbox, masks)
+    rows = ledger_rows(config)
+    assert sorted(row["path"] for row in rows) == sorted(masks)
+    assert {row["status"] for row in rows} == {"succeeded"}
+    with adobe.lock:
+        assert {row["job_id"] for row in rows} == set(adobe.jobs)
+    for secret in (dropbox.refresh_token, adobe.client_secret, *dropbox.access_tokens):
+        assert secret not in result.stderr
+
+
+def wait_for_job_ids(ledger: Path, count: int, process: subprocess.Popen[bytes]) -> list[str]:
+    """Poll the daemon's SQLite ledger (read-only) until `count` rows have a job id."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "cutoutd run exited early"
+        if ledger.exists():
+            with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5) as connection:
+                try:
+                    found = connection.execute(
+                        "SELECT job_id FROM items WHERE job_id IS NOT NULL"
+                    ).fetchall()
+                except sqlite3.OperationalError:  # the schema is not there yet
+                    found = []
+            connection.close()
+            if len(found) >= count:
+                return [row[0] for row in found]
+        time.sleep(0.1)
+    raise AssertionError("no job ids reached the ledger")
+
+
+def test_restart_resumes_in_flight_jobs_without_resubmitting(
+    dropbox: FakeDropbox, adobe: FakePhotoshop, config: Path, tmp_path: Path
+) -> None:
+    masks = put_images(dropbox, 3)
+    adobe.latency = 3600.0  # the jobs stay running while the daemon is killed
+    env = {**os.environ, **environment(dropbox, adobe)}
+    log = (tmp_path / "first-run.log").open("wb")
+    daemon = subprocess.Popen(
+        [CUTOUTD, "--config", str(config), "run"], stdout=subprocess.DEVNULL, stderr=log, env=env
+    )
+    try:
+        job_ids = wait_for_job_ids(ledger_file(tmp_path), len(masks), daemon)
+    finally:
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        log.close()
+    assert dropbox.files_under(f"{ROOT}/output") == {}
+    with adobe.lock:
+        assert {job.status for job in adobe.jobs.values()} <= {"pending", "running"}
+        for job in adobe.jobs.values():
+            job.latency = 0.0  # the jobs finish while no daemon runs
+
+    result = run_cutoutd(
+        "--config", str(config), "run", "--once", env=environment(dropbox, adobe), timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("processed 3: 3 succeeded"), result.stdout
+    assert result.stderr.count('"cutout.resumed"') == len(masks)
+    assert submissions_by_name(adobe) == Counter(dict.fromkeys(masks, 1))
+    assert adobe.submissions == len(masks)
+    assert_cut_out(dropbox, masks)
+    rows = ledger_rows(config)
+    assert {row["status"] for row in rows} == {"succeeded"}
+    assert sorted(row["job_id"] for row in rows) == sorted(job_ids)
