@@ -21,7 +21,9 @@ def backdrop(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Image.I
     return Image.fromarray(np.repeat(rows, SIZE[0], axis=1).astype(np.uint8), "RGB")
 
 
-def shaded(draw_shape, color: tuple[int, int, int], box: tuple[int, int, int, int]) -> tuple[Image.Image, Image.Image]:  # noqa: ANN001, E501
+def shaded(
+    draw_shape, color: tuple[int, int, int], box: tuple[int, int, int, int]
+) -> tuple[Image.Image, Image.Image]:
     """A shape filled with a left-to-right highlight, and its mask."""
     mask = Image.new("L", SIZE, 0)
     draw_shape(ImageDraw.Draw(mask), 255)
@@ -32,7 +34,9 @@ def shaded(draw_shape, color: tuple[int, int, int], box: tuple[int, int, int, in
     return layer, mask.filter(ImageFilter.GaussianBlur(0.8))
 
 
-def product(name: str, background: Image.Image, parts: list[tuple[object, tuple[int, int, int]]]) -> None:  # noqa: E501
+def product(
+    name: str, background: Image.Image, parts: list[tuple[object, tuple[int, int, int]]]
+) -> None:
     image = background.copy()
     shadow = Image.new("L", SIZE, 0)
     ImageDraw.Draw(shadow).ellipse((250, 500, 560, 540), fill=90)
@@ -51,21 +55,42 @@ def main() -> None:
     grey = backdrop((238, 238, 238), (205, 205, 205))
     warm = backdrop((245, 236, 222), (214, 200, 180))
     blue = backdrop((226, 236, 246), (190, 206, 224))
-    product("mug.jpg", grey, [
-        (lambda d, f: d.rounded_rectangle((300, 200, 480, 510), 30, fill=f), (200, 70, 40)),
-        (lambda d, f: d.ellipse((440, 270, 540, 420), outline=f, width=26), (200, 70, 40)),
-    ])
-    product("bottle.jpg", warm, [
-        (lambda d, f: d.rounded_rectangle((340, 190, 470, 520), 40, fill=f), (40, 110, 70)),
-        (lambda d, f: d.rectangle((380, 100, 430, 200), fill=f), (40, 110, 70)),
-        (lambda d, f: d.rectangle((372, 80, 438, 110), fill=f), (30, 30, 30)),
-    ])
-    product("ball.jpg", blue, [
-        (lambda d, f: d.ellipse((290, 200, 520, 430), fill=f), (235, 170, 30)),
-    ])
-    product("box.png", grey, [
-        (lambda d, f: d.polygon([(260, 260), (400, 200), (560, 260), (560, 480), (420, 540), (260, 480)], fill=f), (120, 80, 170)),  # noqa: E501
-    ])
+    product(
+        "mug.jpg",
+        grey,
+        [
+            (lambda d, f: d.rounded_rectangle((300, 200, 480, 510), 30, fill=f), (200, 70, 40)),
+            (lambda d, f: d.ellipse((440, 270, 540, 420), outline=f, width=26), (200, 70, 40)),
+        ],
+    )
+    product(
+        "bottle.jpg",
+        warm,
+        [
+            (lambda d, f: d.rounded_rectangle((340, 190, 470, 520), 40, fill=f), (40, 110, 70)),
+            (lambda d, f: d.rectangle((380, 100, 430, 200), fill=f), (40, 110, 70)),
+            (lambda d, f: d.rectangle((372, 80, 438, 110), fill=f), (30, 30, 30)),
+        ],
+    )
+    product(
+        "ball.jpg",
+        blue,
+        [
+            (lambda d, f: d.ellipse((290, 200, 520, 430), fill=f), (235, 170, 30)),
+        ],
+    )
+    product(
+        "box.png",
+        grey,
+        [
+            (
+                lambda d, f: d.polygon(
+                    [(260, 260), (400, 200), (560, 260), (560, 480), (420, 540), (260, 480)], fill=f
+                ),
+                (120, 80, 170),
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":
