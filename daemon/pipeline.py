@@ -378,7 +378,10 @@ class Pipeline:
         if target is None:
             return
         try:
-            if self.storage.current_rev(item.path) != item.rev:
+            current = self.storage.current_rev(item.path)
+            if current is None and target != "delete" and self._found_moved(item, Area(target)):
+                return
+            if current != item.rev:
                 self.ledger.clear_relocation(item.id, "input changed or gone; left in place")
                 return
             file = item.as_file()
@@ -405,6 +408,21 @@ class Pipeline:
                 exc,
                 extra=context("item.relocate_retry", path=item.path),
             )
+
+    def _found_moved(self, item: Item, area: Area) -> bool:
+        """A move that went through just before a crash: record where it went."""
+        moved = self.storage.find_relocated(item.as_file(), area)
+        if moved is None:
+            return False
+        self.ledger.mark_relocated(item.id, f"{area.value}/{moved}", f"moved_to_{area.value}")
+        log.info(
+            "found %s already moved to %s/%s",
+            item.path,
+            area.value,
+            moved,
+            extra=context("item.archived", path=item.path, to=f"{area.value}/{moved}"),
+        )
+        return True
 
     def relocate_pending(self) -> None:
         """Finish moves interrupted by a crash or by transient storage trouble."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -43,6 +43,16 @@ class ItemRow(Base):
         Index("ix_items_content_hash", "content_hash", "status"),
         Index("ix_items_output_path", "output_path"),
         Index("ix_items_relocate", "relocate_to"),
+        Index("ix_items_status_id", "status", "id"),
+        Index("ix_items_outcome", "status", "finished_at"),
+        Index("ix_items_path_ci", text("lower(path)")),
+        Index("ix_items_archived_path", "archived_path"),
+        Index(
+            "ix_items_duplicates",
+            "finished_at",
+            sqlite_where=text("last_error LIKE 'duplicate of %'"),
+            postgresql_where=text("last_error LIKE 'duplicate of %'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -76,6 +86,7 @@ class EventRow(Base):
     __table_args__ = (
         Index("ix_events_item", "item_id", "id"),
         Index("ix_events_at", "at"),
+        Index("ix_events_event_at", "event", "at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -68,6 +68,13 @@ class Storage(Protocol):
         unique name on conflict; returns the new path relative to that area."""
         ...
 
+    def find_relocated(self, file: RemoteFile, area: Area) -> str | None:
+        """Where an interrupted `relocate` of this revision already put it: the input's
+        name in `area`, or one of its `x (1).jpg` variants, holding the same content (the
+        last such one); None when there is none. Lets a restart finish the bookkeeping of a
+        move that went through just before a crash."""
+        ...
+
     def restore(self, area: Area, path: str, to_path: str) -> str:
         """Move a file from `archive/` or `failed/` back into `input/`; returns its path."""
         ...

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 import dropbox
@@ -447,6 +448,20 @@ class DropboxStorage:
                 source, self._full(area, file.path), autorename=True
             )
         return self._relative(area, result.metadata.path_display)
+
+    def find_relocated(self, file: RemoteFile, area: Area) -> str | None:
+        wanted, found = PurePosixPath(file.path), None
+        for number in range(1000):
+            suffix = f" ({number})" if number else ""
+            name = wanted.with_name(f"{wanted.stem}{suffix}{wanted.suffix}").as_posix()
+            metadata = self._metadata(self._full(area, name))
+            if metadata is None:
+                break
+            if isinstance(metadata, sdk_files.FileMetadata) and (
+                metadata.content_hash == file.content_hash
+            ):
+                found = self._relative(area, metadata.path_display)
+        return found
 
     def relocate_many(self, files: Sequence[RemoteFile], area: Area) -> list[str | Exception]:
         """`relocate` for many inputs in batches; one result (path or error) per file."""

@@ -35,6 +35,15 @@ def derive_rev(content_hash: str, mtime_ns: int) -> str:
     return hashlib.sha256(f"{content_hash}:{mtime_ns}".encode()).hexdigest()[:16]
 
 
+def name_variants(path: PurePosixPath) -> Iterator[PurePosixPath]:
+    """`x.jpg`, `x (1).jpg`, `x (2).jpg`, ... without end."""
+    yield path
+    number = 0
+    while True:
+        number += 1
+        yield path.with_name(f"{path.stem} ({number}){path.suffix}")
+
+
 def unique_name(path: PurePosixPath, taken: Callable[[PurePosixPath], bool]) -> PurePosixPath:
     """`x.jpg`, then `x (1).jpg`, `x (2).jpg`, ... (Dropbox's autorename shape)."""
     candidate, number = path, 0
@@ -216,6 +225,10 @@ class LocalStorage:
         wanted = PurePosixPath(path)
         try:
             (base / wanted).parent.mkdir(parents=True, exist_ok=True)
+            linked = self._linked_copy(source, base, wanted)
+            if linked is not None:  # a crash came between link and unlink last time
+                source.unlink()
+                return linked
             while True:
                 chosen = unique_name(wanted, lambda p: (base / p).exists())
                 try:
@@ -232,8 +245,33 @@ class LocalStorage:
         except OSError as exc:
             raise TransientError(f"cannot move {source.name}: {exc.strerror}") from exc
 
+    @staticmethod
+    def _linked_copy(source: Path, base: Path, wanted: PurePosixPath) -> str | None:
+        """The name under `base` that is already a hard link to `source`, if any."""
+        if source.stat().st_nlink < 2:
+            return None
+        for candidate in name_variants(wanted):
+            if not (base / candidate).exists():
+                return None
+            if os.path.samefile(source, base / candidate):
+                return candidate.as_posix()
+        return None  # pragma: no cover - name_variants never ends
+
     def relocate(self, file: RemoteFile, area: Area) -> str:
         return self._move_unique(self._input_path(file.path), area, file.path)
+
+    def find_relocated(self, file: RemoteFile, area: Area) -> str | None:
+        found = None
+        for candidate in name_variants(PurePosixPath(file.path)):
+            path = self.area(area) / candidate
+            if not path.is_file():
+                return found
+            try:
+                if self._hash(path) == file.content_hash:
+                    found = candidate.as_posix()
+            except (ItemGoneError, PermanentItemError):
+                continue
+        return found  # pragma: no cover - name_variants never ends
 
     def restore(self, area: Area, path: str, to_path: str) -> str:
         return self._move_unique(self.area(area) / path, Area.INPUT, to_path)

@@ -18,7 +18,8 @@ Two ways to aim the real SDK at it:
 
 Test helpers work on the state directly (`put_file`, `delete`, `files_under`, ...), and
 fault knobs (`rate_limit`, `server_errors`, `lock_contention`, `slow`, `expire_access_tokens`,
-`revoke_refresh_token`, `reset_cursors`) make it misbehave the way Dropbox does.
+`revoke_refresh_token`, `reset_cursors`, `drop_connections`, and `go_offline` /
+`come_back` on the same port) make it misbehave the way Dropbox does.
 """
 
 from __future__ import annotations
@@ -231,12 +232,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, fake: FakeDropbox, context: ssl.SSLContext | None) -> None:
+    def __init__(self, fake: FakeDropbox, context: ssl.SSLContext | None, port: int = 0) -> None:
         self.fake = fake
         self.context = context
         self.open_sockets: set[socket.socket] = set()
         self.sockets_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", port), _Handler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = super().get_request()
@@ -349,6 +350,7 @@ class FakeDropbox:
         self._stopping = False
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
+        self._offline_port = 0
         self._tmp: str | None = None
         self.ca_path: str | None = None
         self._context: ssl.SSLContext | None = None
@@ -377,15 +379,39 @@ class FakeDropbox:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> FakeDropbox:
-        if self.https:
+    def start(self, port: int = 0) -> FakeDropbox:
+        """Listen on `port` (0: any free one)."""
+        if self.https and self._context is None:
             self._context = self._make_tls()
-        self._server = _Server(self, self._context)
+        self._server = _Server(self, self._context, port)
         self._serve_thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._serve_thread.start()
         return self
+
+    def go_offline(self) -> int:
+        """Stop listening and drop open connections, keeping every file, token, cursor and
+        the TLS authority: Dropbox unreachable. Returns the port `come_back()` reuses."""
+        assert self._server is not None, "start() the fake first"
+        port = self.port
+        self._server.shutdown()
+        self._server.drop_connections()
+        self._server.server_close()
+        self._server = None
+        if self._serve_thread is not None:
+            self._serve_thread.join(5)
+        self._offline_port = port
+        return port
+
+    def come_back(self) -> None:
+        """Listen again on the port `go_offline()` left, with the same state."""
+        self.start(self._offline_port)
+
+    def drop_connections(self) -> None:
+        """Reset every open connection (clients see `ConnectionResetError` or EOF)."""
+        if self._server is not None:
+            self._server.drop_connections()
 
     def stop(self) -> None:
         with self._cond:

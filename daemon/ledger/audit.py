@@ -1,0 +1,565 @@
+"""The operator's view of the ledger: list, show, stats and export.
+
+Reads go through a `LedgerReader` opened with `writer=False`: on SQLite (WAL) they take
+no lock a writer waits on, so they are safe while the daemon runs. Every query here is
+plain SQL that runs on SQLite and PostgreSQL; the one expression that differs (seconds
+between two timestamps) is compiled per dialect below.
+
+Scale: 1,000,000 revisions. `stats` counts from indexes (see 0002_audit_indexes) and
+reads table rows only for the failures in its window and for a latency sample: the
+percentiles are exact up to LATENCY_SAMPLE successes, and beyond that come from a
+systematic sample of about that many (every k-th id, k a prime), which the result says;
+`exact=True` sorts every value instead (seconds at 1,000,000).
+
+The requeue commands (retry, reprocess) live in `requeue.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Float,
+    Integer,
+    Select,
+    column,
+    func,
+    literal,
+    literal_column,
+    select,
+    values,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from daemon.ledger.queries import LedgerReader, to_item
+from daemon.ledger.schema import EventRow, ItemRow, UtcDateTime
+from daemon.models import Area, Item, ItemStatus
+
+LATENCY_SAMPLE = 10_000
+SUBMISSION_EVENTS = ("submitted", "resubmitted")
+OUTCOMES = (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.SKIPPED)
+# Revisions skipped as a duplicate (only dedupe writes this reason). Literal SQL, and no
+# status term, so that both databases count them from the partial index ix_items_duplicates.
+DUPLICATE_SKIP = (ItemRow.last_error.like(literal_column("'duplicate of %'")),)
+PERIODS = ("hour", "day", "month")
+MAX_PERIODS = 10_000
+
+
+class AuditArgumentError(ValueError):
+    """A usage error found against the ledger: no such path or id, a revision not in the
+    state the command needs, too many periods."""
+
+
+# -- portable SQL -------------------------------------------------------------------------
+
+
+class seconds_between(FunctionElement[float]):
+    """Seconds from the first timestamp to the second."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(seconds_between)
+def _seconds_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+@compiles(seconds_between, "postgresql")
+def _seconds_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(EXTRACT(EPOCH FROM ({end} - {start})) AS DOUBLE PRECISION)"
+
+
+def glob_to_like(pattern: str) -> str:
+    """Shell glob (`*`, `?`) to a LIKE pattern with `\\` as escape; `*` also crosses `/`."""
+    special = {"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}
+    return "".join(special.get(ch, ch) for ch in pattern.lower())
+
+
+def glob_prefix(pattern: str) -> str:
+    return re.split(r"[*?]", pattern.lower(), maxsplit=1)[0]
+
+
+# -- values -------------------------------------------------------------------------------
+
+
+class Sort(StrEnum):
+    NEWEST = "newest"
+    OLDEST = "oldest"
+    PATH = "path"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFilter:
+    statuses: tuple[ItemStatus, ...] = ()
+    path_glob: str | None = None
+    since: datetime | None = None  # discovered at or after
+    until: datetime | None = None  # discovered before
+    engine: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    item_id: int
+    at: datetime
+    event: str
+    from_status: str | None
+    to_status: str | None
+    actor: str | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """An event with the time since the previous event and since discovery."""
+
+    event: Event
+    since_previous: timedelta | None
+    since_start: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    item: Item
+    events: tuple[Event, ...]
+
+    def steps(self) -> list[Step]:
+        if not self.events:
+            return []
+        start = self.events[0].at
+        previous: datetime | None = None
+        steps = []
+        for event in self.events:
+            gap = event.at - previous if previous is not None else None
+            steps.append(Step(event, gap, event.at - start))
+            previous = event.at
+        return steps
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    count: int  # revisions measured
+    sampled: int  # values the percentiles come from (== count when exact)
+    p50: float | None
+    p95: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    start: datetime  # the period's first instant (UTC)
+    outcomes: dict[ItemStatus, int]
+    submissions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    since: datetime | None
+    until: datetime | None
+    counts: dict[ItemStatus, int]  # outcomes finished in the window; pending/processing now
+    first_finished: datetime | None
+    last_finished: datetime | None
+    images_per_hour: float | None
+    latency: Percentiles  # discovery -> output written
+    engine_latency: Percentiles  # claimed -> succeeded (the last attempt)
+    submissions: dict[str, int]  # submitted / resubmitted events: what Adobe bills
+    failures: list[tuple[str, int]]  # reason -> count, most frequent first
+    duplicates_skipped: int  # engine submissions saved
+    by: str | None = None
+    buckets: list[Bucket] = field(default_factory=list)
+
+    @property
+    def processed(self) -> int:
+        return sum(self.counts.get(status, 0) for status in OUTCOMES)
+
+
+def to_event(row: Any) -> Event:
+    detail = json.loads(row.detail) if row.detail else {}
+    return Event(
+        row.id, row.item_id, row.at, row.event, row.from_status, row.to_status, row.actor, detail
+    )
+
+
+def interpolate(value_at: Callable[[int], float], rank: float) -> float:
+    """The value at a fractional rank, linear between its neighbours (numpy's default)."""
+    low, high = math.floor(rank), math.ceil(rank)
+    return value_at(low) + (value_at(high) - value_at(low)) * (rank - low)
+
+
+def percentiles(values: Sequence[float], count: int) -> Percentiles:
+    ordered = sorted(values)
+    if not ordered:
+        return Percentiles(count, 0, None, None)
+    last = len(ordered) - 1
+    p50, p95 = (interpolate(ordered.__getitem__, last * p) for p in (0.5, 0.95))
+    return Percentiles(count, len(ordered), p50, p95)
+
+
+def sample_stride(count: int, target: int | None = None) -> int:
+    """1 when `count` fits the sample; else the smallest prime >= count / target (a prime
+    step does not line up with periodic id patterns)."""
+    stride = math.ceil(count / (target or LATENCY_SAMPLE))
+    if stride <= 1:
+        return 1
+    while any(stride % d == 0 for d in range(2, math.isqrt(stride) + 1)):
+        stride += 1
+    return stride
+
+
+def normalize_reason(reason: str | None) -> str:
+    return re.sub(r"0x[0-9a-fA-F]+", "0x…", reason or "(no reason recorded)")
+
+
+def count_of(*conditions: Any) -> Any:
+    """`(SELECT count(*) FROM <table> WHERE ...)`: an index range count."""
+    return select(func.count()).where(*conditions).scalar_subquery()
+
+
+def period_start(moment: datetime, by: str) -> datetime:
+    moment = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if by == "hour":
+        return moment
+    return moment.replace(hour=0) if by == "day" else moment.replace(day=1, hour=0)
+
+
+def next_period(start: datetime, by: str) -> datetime:
+    if by != "month":
+        return start + timedelta(hours=1 if by == "hour" else 24)
+    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+def periods(lower: datetime, end: datetime, by: str) -> list[tuple[datetime, datetime, datetime]]:
+    """(nominal start, start, stop) of each hour/day/month meeting [lower, end), clipped to
+    it so that a window's edges are respected."""
+    if by not in PERIODS:
+        raise AuditArgumentError(f"unknown period {by!r} (known: {', '.join(PERIODS)})")
+    bounds = []
+    start = period_start(lower, by)
+    while start < end:
+        stop = next_period(start, by)
+        bounds.append((start, max(start, lower), min(stop, end)))
+        if len(bounds) > MAX_PERIODS:
+            raise AuditArgumentError(
+                f"more than {MAX_PERIODS:,} periods; narrow the window with --since/--until "
+                "or use a coarser --by"
+            )
+        start = stop
+    return bounds
+
+
+def window(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
+    return [
+        *([column >= since] if since is not None else []),
+        *([column < until] if until is not None else []),
+    ]
+
+
+# -- the read side ------------------------------------------------------------------------
+
+
+class LedgerAudit:
+    """List, show, stats and export over a ledger (read-only)."""
+
+    def __init__(self, reader: LedgerReader) -> None:
+        self.reader = reader
+        self.dialect = reader.engine.dialect.name
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def _filtered(self, query: Select[Any], flt: ItemFilter) -> Select[Any]:
+        if flt.statuses:
+            query = query.where(ItemRow.status.in_([s.value for s in flt.statuses]))
+        query = query.where(*window(ItemRow.discovered_at, flt.since, flt.until))
+        if flt.engine:
+            query = query.where(ItemRow.engine == flt.engine)
+        if flt.path_glob:
+            lowered = func.lower(ItemRow.path)
+            query = query.where(lowered.like(glob_to_like(flt.path_glob), escape="\\"))
+            prefix = glob_prefix(flt.path_glob)
+            if prefix and self.dialect == "sqlite" and ord(prefix[-1]) < 0x10FFFF:
+                # byte-order range on ix_items_path_ci (exact: SQLite compares as BINARY)
+                upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+                query = query.where(lowered >= prefix, lowered < upper)
+        return query
+
+    def list_items(
+        self,
+        flt: ItemFilter = ItemFilter(),
+        *,
+        sort: Sort = Sort.NEWEST,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> list[Item]:
+        columns: list[Any] = (
+            [func.lower(ItemRow.path), ItemRow.id] if sort is Sort.PATH else [ItemRow.id]
+        )
+        descending = (sort is Sort.NEWEST) != reverse
+        keys = [column.desc() if descending else column.asc() for column in columns]
+        query = self._filtered(select(ItemRow), flt).order_by(*keys).limit(limit)
+        with self.reader.transaction() as connection:
+            return [to_item(row) for row in connection.execute(query)]
+
+    # -- one file -------------------------------------------------------------------------
+
+    def resolve(self, connection: Connection, ref: str) -> list[Item]:
+        """`ID`/`#ID`: that revision. A path (relative to input/, or `input/...`,
+        `archive/...`, `failed/...`, `output/...`): every revision of that file."""
+        text = ref.strip()
+        if re.fullmatch(r"#?\d+", text):
+            row = connection.execute(select(ItemRow).where(ItemRow.id == int(text.lstrip("#"))))
+            found = row.first()
+            if found is not None:
+                return [to_item(found)]
+        keys = self._path_keys(connection, text)
+        if not keys:
+            raise AuditArgumentError(
+                f"no revision of {ref!r} in the ledger (give a path relative to input/, or an id)"
+            )
+        rows = connection.execute(
+            select(ItemRow).where(ItemRow.path_lower.in_(keys)).order_by(ItemRow.id)
+        )
+        return [to_item(row) for row in rows]
+
+    def _path_keys(self, connection: Connection, text: str) -> list[str]:
+        area, _, rest = text.partition("/")
+        conditions: list[ColumnElement[bool]] = [
+            ItemRow.path_lower == text,
+            func.lower(ItemRow.path) == text.lower(),
+        ]
+        if area == Area.INPUT and rest:
+            conditions += [ItemRow.path_lower == rest, func.lower(ItemRow.path) == rest.lower()]
+        elif area in (Area.ARCHIVE, Area.FAILED):
+            conditions.append(ItemRow.archived_path == text)
+        elif area == Area.OUTPUT:
+            conditions.append(ItemRow.output_path == rest)
+        for condition in conditions:
+            keys = connection.scalars(select(ItemRow.path_lower).where(condition).distinct()).all()
+            if keys:
+                return list(keys)
+        return []
+
+    def show(self, ref: str) -> list[History]:
+        with self.reader.transaction() as connection:
+            items = self.resolve(connection, ref)
+            rows = connection.execute(
+                select(EventRow)
+                .where(EventRow.item_id.in_([i.id for i in items]))
+                .order_by(EventRow.item_id, EventRow.id)
+            ).all()
+        events: dict[int, list[Event]] = {item.id: [] for item in items}
+        for row in rows:
+            events[row.item_id].append(to_event(row))
+        return [History(item, tuple(events[item.id])) for item in items]
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def stats(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        by: str | None = None,
+        *,
+        exact: bool = False,
+    ) -> Stats:
+        """Outcomes, latency and failures of revisions finished in [since, until);
+        submissions made in it; pending/processing as they are now. Every count is an
+        index range count, so the cost grows with the window, not with the whole ledger."""
+        finished = window(ItemRow.finished_at, since, until)
+        with self.reader.transaction() as connection:
+            counts = self._counts(connection, finished)
+            first, last = self._span(connection, finished)
+            latency, engine = self._latency(
+                connection, finished, counts[ItemStatus.SUCCEEDED], exact
+            )
+            submitted = [
+                count_of(EventRow.event == e, *window(EventRow.at, since, until))
+                for e in SUBMISSION_EVENTS
+            ]
+            submissions = dict(
+                zip(SUBMISSION_EVENTS, connection.execute(select(*submitted)).one(), strict=True)
+            )
+            failures = self._failures(connection, finished)
+            duplicates = connection.scalar(select(count_of(*DUPLICATE_SKIP, *finished)))
+            buckets: list[Bucket] = []
+            if by is not None:
+                buckets = self._buckets(connection, since, until, by, first, last)
+        processed = sum(counts[s] for s in OUTCOMES)
+        rate = None
+        if processed and first is not None and last is not None:
+            now = self.reader.clock()
+            end = min(until, now) if until else now if since else last
+            rate = processed / (max((end - (since or first)).total_seconds(), 60.0) / 3600)
+        return Stats(
+            since=since,
+            until=until,
+            counts=counts,
+            first_finished=first,
+            last_finished=last,
+            images_per_hour=rate,
+            latency=latency,
+            engine_latency=engine,
+            submissions=submissions,
+            failures=failures,
+            duplicates_skipped=duplicates or 0,
+            by=by,
+            buckets=buckets,
+        )
+
+    def _counts(self, connection: Connection, finished: list[Any]) -> dict[ItemStatus, int]:
+        """Outcomes finished in the window; pending and processing now."""
+        probes = [
+            count_of(ItemRow.status == s, *(finished if s in OUTCOMES else [])) for s in ItemStatus
+        ]
+        return dict(zip(ItemStatus, connection.execute(select(*probes)).one(), strict=True))
+
+    def _span(
+        self, connection: Connection, finished: list[Any]
+    ) -> tuple[datetime | None, datetime | None]:
+        """First and last finish in the window: per status, so each is one index probe."""
+        probes = [
+            select(aggregate(ItemRow.finished_at))
+            .where(ItemRow.status == s, *finished)
+            .scalar_subquery()
+            for s in OUTCOMES
+            for aggregate in (func.min, func.max)
+        ]
+        values = list(connection.execute(select(*probes)).one())
+        firsts = [v for v in values[0::2] if v is not None]
+        lasts = [v for v in values[1::2] if v is not None]
+        return (min(firsts) if firsts else None, max(lasts) if lasts else None)
+
+    def _latency(
+        self, connection: Connection, finished: list[Any], count: int, exact: bool
+    ) -> tuple[Percentiles, Percentiles]:
+        """Exact up to LATENCY_SAMPLE succeeded revisions (or with `exact`); beyond, from
+        every k-th id. Over the whole ledger those ids are generated and looked up (no
+        index walk); within a window, the window's index range is walked."""
+        durations = (
+            seconds_between(ItemRow.discovered_at, ItemRow.finished_at),
+            seconds_between(ItemRow.started_at, ItemRow.finished_at),
+        )
+        succeeded = (ItemRow.status == ItemStatus.SUCCEEDED, *finished)
+        if exact:
+            whole, engine_only = (self._exact(connection, d, succeeded) for d in durations)
+            return whole, engine_only
+        query = select(*durations).where(*succeeded)
+        stride = sample_stride(count)
+        if stride > 1 and finished:
+            query = query.where(ItemRow.id % stride == 0)
+        elif stride > 1:
+            low, high = connection.execute(select(func.min(ItemRow.id), func.max(ItemRow.id))).one()
+            ids = select(literal(low, Integer).label("id")).cte("sample", recursive=True)
+            ids = ids.union_all(select(ids.c.id + stride).where(ids.c.id + stride <= high))
+            query = query.join(ids, ItemRow.id == ids.c.id)
+        rows = connection.execute(query).all()
+        total = [whole for whole, _ in rows if whole is not None]
+        engine = [engine_only for _, engine_only in rows if engine_only is not None]
+        return percentiles(total, count), percentiles(engine, count)
+
+    def _exact(self, connection: Connection, duration: Any, where: Sequence[Any]) -> Percentiles:
+        """Percentiles from every value, sorted by the database and streamed: only the
+        values at the wanted ranks are kept."""
+        count = connection.scalar(select(func.count()).where(*where, duration.is_not(None))) or 0
+        if not count:
+            return Percentiles(0, 0, None, None)
+        ranks = [(count - 1) * p for p in (0.5, 0.95)]
+        wanted = {math.floor(r) for r in ranks} | {math.ceil(r) for r in ranks}
+        found: dict[int, float] = {}
+        query = select(duration).where(*where, duration.is_not(None)).order_by(duration)
+        result = connection.execute(query.execution_options(yield_per=5000))
+        try:
+            for index, (value,) in enumerate(result):
+                if index in wanted:
+                    found[index] = value
+                if len(found) == len(wanted):
+                    break
+        finally:
+            result.close()
+        return Percentiles(count, count, *(interpolate(found.__getitem__, r) for r in ranks))
+
+    def _failures(self, connection: Connection, finished: list[Any]) -> list[tuple[str, int]]:
+        rows = connection.execute(
+            select(ItemRow.last_error, func.count())
+            .where(ItemRow.status == ItemStatus.FAILED, *finished)
+            .group_by(ItemRow.last_error)
+        )
+        merged: dict[str, int] = {}
+        for reason, count in rows:
+            key = normalize_reason(reason)
+            merged[key] = merged.get(key, 0) + count
+        return sorted(merged.items(), key=lambda pair: (-pair[1], pair[0]))
+
+    def _buckets(
+        self,
+        connection: Connection,
+        since: datetime | None,
+        until: datetime | None,
+        by: str,
+        *finishes: datetime | None,
+    ) -> list[Bucket]:
+        """Per period: one index range count per outcome and for submissions (no scan)."""
+        at = EventRow.at
+        probes = [
+            select(f(at)).where(EventRow.event == e, *window(at, since, until)).scalar_subquery()
+            for e in SUBMISSION_EVENTS
+            for f in (func.min, func.max)
+        ]
+        moments = [m for m in (*finishes, *connection.execute(select(*probes)).one()) if m]
+        if not moments:
+            return []
+        end = until or max(moments) + timedelta(microseconds=1)
+        bounds = periods(since or min(moments), end, by)
+        table = (
+            values(column("start", UtcDateTime()), column("stop", UtcDateTime()), name="periods")
+            .data([(start, stop) for _, start, stop in bounds])
+            .cte("periods")
+        )
+
+        def between(moment: Any) -> list[Any]:
+            return [moment >= table.c.start, moment < table.c.stop]
+
+        probes = [count_of(ItemRow.status == s, *between(ItemRow.finished_at)) for s in OUTCOMES]
+        probes.append(count_of(EventRow.event.in_(SUBMISSION_EVENTS), *between(EventRow.at)))
+        rows = connection.execute(select(table.c.start, *probes).order_by(table.c.start))
+        return [
+            Bucket(nominal, dict(zip(OUTCOMES, row[1:-1], strict=True)), row[-1])
+            for (nominal, _, _), row in zip(bounds, rows, strict=True)
+        ]
+
+    # -- export ---------------------------------------------------------------------------
+
+    def export_items(self, flt: ItemFilter = ItemFilter()) -> Iterator[Item]:
+        """Every revision matching `flt`, oldest first, streamed (server-side cursor on
+        PostgreSQL; SQLite steps its cursor), so memory stays flat at any size."""
+        query = self._filtered(select(ItemRow), flt).order_by(ItemRow.id)
+        with self.reader.transaction() as connection:
+            for row in connection.execute(query.execution_options(yield_per=2000)):
+                yield to_item(row)
+
+    def export_events(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[tuple[Event, str, str]]:
+        """Every event in [since, until) with its revision's path and rev, streamed."""
+        query = (
+            select(*EventRow.__table__.columns, ItemRow.path, ItemRow.rev)
+            .join(ItemRow, ItemRow.id == EventRow.item_id)
+            .where(*window(EventRow.at, since, until))
+            .order_by(EventRow.id)
+        )
+        with self.reader.transaction() as connection:
+            for row in connection.execute(query.execution_options(yield_per=2000)):
+                yield to_event(row), row.path, row.rev
