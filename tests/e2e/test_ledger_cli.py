@@ -288,8 +288,10 @@ def test_reprocess_runs_a_succeeded_image_again(audited: Audited) -> None:
 
 @pytest.fixture
 def writer_holding_the_lock(audited: Audited) -> Iterator[Callable[[float], None]]:
-    """Another process's write transaction (BEGIN IMMEDIATE, uncommitted change) held open."""
+    """Another process's write transaction (BEGIN IMMEDIATE, uncommitted change) held open
+    for up to `seconds`, or until the test ends."""
     threads: list[threading.Thread] = []
+    done = threading.Event()
 
     def hold(seconds: float) -> None:
         locked = threading.Event()
@@ -299,7 +301,7 @@ def writer_holding_the_lock(audited: Audited) -> Iterator[Callable[[float], None
             connection.execute("BEGIN IMMEDIATE")
             connection.execute("UPDATE cursors SET cursor = cursor || '-'")
             locked.set()
-            time.sleep(seconds)
+            done.wait(seconds)
             connection.execute("COMMIT")
             connection.close()
 
@@ -309,6 +311,7 @@ def writer_holding_the_lock(audited: Audited) -> Iterator[Callable[[float], None
         assert locked.wait(5)
 
     yield hold
+    done.set()
     for thread in threads:
         thread.join()
 
