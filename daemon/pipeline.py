@@ -211,6 +211,14 @@ class Pipeline:
             result = self.engine.cut_out(job)
         finally:
             self.observer.engine_finished(self.engine.name, time.monotonic() - started)
+        self.ledger.record_event(
+            item.id,
+            "result_received",
+            engine=self.engine.name,
+            seconds=round(time.monotonic() - started, 3),
+            bytes=len(result.data),
+        )
+        self._require_current(item)
         candidates = output_candidates(item.path, result.output_format.value)
         output = self.ledger.reserve_output(item.id, item.path_lower, candidates)
         self.storage.write(Area.OUTPUT, output, result.data)
@@ -238,6 +246,22 @@ class Pipeline:
         )
         self._observe_finished(item, "succeeded")
         self.relocate(item, relocate)
+
+    def _require_current(self, item: Item) -> None:
+        """Write an output only while the input is still this revision: a result for a
+        replaced revision would overwrite the newer one's output (another worker may have
+        finished it meanwhile), and a deleted input wants none."""
+        current = self.storage.current_rev(item.path)
+        if current is None:
+            raise ItemGoneError(
+                "gone from input/ while processing (deleted, or replaced and the new "
+                "revision archived); no output written"
+            )
+        if current != item.rev:
+            raise ItemGoneError(
+                f"replaced while processing (now rev {current}); no output written, "
+                "the new revision is processed on its own"
+            )
 
     def _skip_duplicate(self, item: Item) -> bool:
         """Same bytes as a revision that already succeeded: reuse its output, no engine call."""

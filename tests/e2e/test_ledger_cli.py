@@ -130,12 +130,22 @@ def test_show_gives_every_event_with_durations(audited: Audited) -> None:
     assert table.returncode == 0
     assert table.stdout.startswith("#") and "+STEP" in table.stdout
     assert "moved_to_archive" in table.stdout and "output: output/mug.png" in table.stdout
+    [mug] = audited.json("ledger", "show", "mug.jpg")
+    assert [e["event"] for e in mug["events"]] == [
+        "discovered",
+        "claimed",
+        "result_received",
+        "succeeded",
+        "moved_to_archive",
+    ]
+    assert mug["events"][2]["detail"]["engine"] == "local"
+    assert mug["events"][3]["detail"]["output"] == "mug.png"
     rows = audited.cutoutd("ledger", "show", "mug.jpg", "--format", "csv").stdout.splitlines()
     assert rows[0] == (
         "event_id,item_id,path,rev,at,event,from_status,to_status,actor,"
         "since_previous_s,since_start_s,detail"
     )
-    assert len(rows) == 1 + 4
+    assert len(rows) == 1 + 5
 
 
 def test_stats(audited: Audited) -> None:
@@ -248,10 +258,11 @@ def test_retry_moves_back_from_failed_and_the_daemon_reuses_the_row(audited: Aud
     requested = next(e for e in revision["events"] if e["event"] == "retry_requested")
     assert requested["actor"].startswith("cli:") and "@" in requested["actor"]
     assert requested["detail"]["input"] == "failed/flaky.jpg"
-    assert [e["event"] for e in revision["events"]][-5:] == [
+    assert [e["event"] for e in revision["events"]][-6:] == [
         "retry_requested",
         "input_restored",
         "claimed",
+        "result_received",
         "succeeded",
         "moved_to_archive",
     ]
