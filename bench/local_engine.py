@@ -1,6 +1,6 @@
 """Benchmark the local engine against a plain sequential `rembg p`-style loop.
 
-    .venv/bin/python bench/local_engine.py [--images 40] [--workers 2,3] [--rounds 3]
+    .venv/bin/python bench/local_engine.py [--images 40] [--workers 2,2r1] [--rounds 3]
 
 Generates `--images` synthetic 1024x1024 product shots (a shaded shape on a flat or
 gradient backdrop, with sensor-like noise, saved as JPEG q90) and their true masks. Then,
@@ -12,7 +12,9 @@ peak RSS) over the same files, writing PNG cutouts to disk:
   (LANCZOS to 320, float64 normalising, LANCZOS mask back, `Image.composite`, PNG at
   Pillow's default level). `--with-rembg` adds `rembg-lib`, which calls the installed
   lite package's real `rembg.remove()` to show the hand copy is faithful.
-- `engine-wN`: `LocalEngine(workers=N)` fed by a ThreadPoolExecutor of N threads.
+- `engine-wN`: `LocalEngine(workers=N)` fed by a ThreadPoolExecutor of N threads, with its
+  defaults (on 2 cores: two single-threaded model runs at once, staggered); `engine-wNrR`
+  the same with `model_runs=R` (`engine-w2r1`: one run at a time on both cores).
 
 Two images per variant warm up first and are not timed; session loading is not timed.
 Rounds alternate the variants so that drift on a shared machine hits all of them alike;
@@ -42,14 +44,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from daemon import imaging
-from daemon.engines.local import MODELS as LOCAL_MODELS
-from daemon.engines.local import LocalEngine, locate_model, mask_image, model_input
+from daemon.engines import local
+from daemon.engines.local import LocalEngine, mask_image, model_input, run_model
 from daemon.models import CutoutOptions, EngineJob, Item, ItemStatus, SubmittedJob
 
 ROOT = Path(__file__).resolve().parent.parent
 
 WARMUP = 2
-IDLE_RELEASE = 1.0  # seconds; `rss_after_mb` is read after twice this
+IDLE_RELEASE = 1.0  # seconds; `rss_after_mb` is read once the engine has released
 SIDE = 1024
 
 
@@ -101,7 +103,7 @@ def open_default_session() -> Any:
     """What rembg's new_session("u2netp") builds: default options (arena on, all threads)."""
     import onnxruntime as ort
 
-    path = locate_model(LOCAL_MODELS["u2netp"])
+    path = local.locate_model(local.MODELS["u2netp"])
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -170,15 +172,25 @@ def job_for(path: Path) -> EngineJob:
     return EngineJob(item, CutoutOptions(), path.read_bytes, no_link, no_submission)
 
 
-def make_engine(workers: int, threads: int | None) -> Callable[[list[Path], Path], None]:
-    engine = LocalEngine(workers=workers, threads=threads, idle_release=IDLE_RELEASE)
+def make_engine(variant: str, threads: int | None) -> LocalEngine:
+    """`engine-w2`: 2 workers, default model runs; `engine-w2r1`: 2 workers, 1 model run."""
+    workers, _, runs = variant.removeprefix("engine-w").partition("r")
+    engine = LocalEngine(
+        workers=int(workers),
+        model_runs=int(runs) if runs else None,
+        threads=threads,
+        idle_release=IDLE_RELEASE,
+    )
     engine.start()
+    return engine
 
+
+def engine_loop(engine: LocalEngine) -> Callable[[list[Path], Path], None]:
     def one(path: Path, out: Path) -> None:
         (out / f"{path.stem}.png").write_bytes(engine.cut_out(job_for(path)).data)
 
     def run(paths: list[Path], out: Path) -> None:
-        with ThreadPoolExecutor(workers) as pool:
+        with ThreadPoolExecutor(engine.workers) as pool:
             list(pool.map(lambda path: one(path, out), paths))
 
     return run
@@ -192,6 +204,14 @@ def resident_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds every process on the machine has used since boot (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:8]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def mean_iou(paths: list[Path], out: Path) -> float:
     scores = []
     for path in paths:
@@ -203,25 +223,35 @@ def mean_iou(paths: list[Path], out: Path) -> float:
     return float(np.mean(scores))
 
 
+def wait_for_idle_release(engine: LocalEngine | None) -> None:
+    """Until the engine has handed its arena back (the sequential loop never does)."""
+    deadline = time.monotonic() + IDLE_RELEASE + 30
+    while engine is not None and not engine.idle_releases and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(IDLE_RELEASE)
+
+
 def run_variant(variant: str, folder: Path, threads: int | None) -> dict[str, Any]:
     paths = sorted(folder.glob("*.jpg"))
     started = time.perf_counter()
+    engine = None
     if variant in ("sequential", "rembg-lib"):
         run = make_sequential(variant == "rembg-lib")
     else:
-        run = make_engine(int(variant.removeprefix("engine-w")), threads)
+        engine = make_engine(variant, threads)
+        run = engine_loop(engine)
     load_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         run(paths[:WARMUP], out)
-        usage = resource.getrusage(resource.RUSAGE_SELF)
+        usage, busy = resource.getrusage(resource.RUSAGE_SELF), busy_cpu_seconds()
         started = time.perf_counter()
         run(paths, out)
         seconds = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF)
+        after, busy = resource.getrusage(resource.RUSAGE_SELF), busy_cpu_seconds() - busy
         sizes = [(out / f"{p.stem}.png").stat().st_size for p in paths]
         iou = mean_iou(paths, out)
-        time.sleep(2 * IDLE_RELEASE)
+        wait_for_idle_release(engine)
         rss_after = resident_mb()
     cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
     return {
@@ -230,6 +260,7 @@ def run_variant(variant: str, folder: Path, threads: int | None) -> dict[str, An
         "seconds": seconds,
         "images_per_min": 60 * len(paths) / seconds,
         "cpu_s_per_image": cpu / len(paths),
+        "others_cores": max(busy - cpu, 0.0) / seconds,  # what other processes used meanwhile
         "peak_rss_mb": after.ru_maxrss / 1024,
         "rss_after_mb": rss_after,
         "load_s": load_s,
@@ -248,27 +279,26 @@ def timed(stages: dict[str, list[float]], name: str, step: Callable[[], Any]) ->
     return result
 
 
-def profile_one(engine: LocalEngine, session: Any, data: bytes, stages: dict[str, Any]) -> None:
-    ours, theirs = stages["engine, per stage"], stages["sequential"]
-    image = timed(ours, "decode", lambda: imaging.decode_image(data))
-    tensor = timed(ours, "to 320 + normalise", lambda: model_input(image))
-    feeds = {engine._session.get_inputs()[0].name: tensor}
-    outputs = [engine._session.get_outputs()[0].name]
-    raw = timed(ours, "inference", lambda: engine._session.run(outputs, feeds)[0])
-    mask = timed(ours, "mask to full size", lambda: mask_image(raw, image.size))
-    timed(ours, "compose + PNG", lambda: imaging.compose_output(image, mask, CutoutOptions()))
-    timed(theirs, "whole image", lambda: rembg_remove(session, data))
-    timed(theirs, "inference", lambda: session.run(None, feeds))
+def profile_one(ours: Any, theirs: Any, data: bytes, stages: dict[str, Any]) -> None:
+    engine, sequential = stages["engine, per stage"], stages["sequential"]
+    image = timed(engine, "decode", lambda: imaging.decode_image(data))
+    tensor = timed(engine, "to 320 + normalise", lambda: model_input(image))
+    raw = timed(engine, "inference (1 thread)", lambda: run_model(ours, tensor))
+    mask = timed(engine, "mask to full size", lambda: mask_image(raw, image.size))
+    timed(engine, "compose + PNG", lambda: imaging.compose_output(image, mask, CutoutOptions()))
+    timed(sequential, "whole image", lambda: rembg_remove(theirs, data))
+    timed(sequential, "inference (default threads)", lambda: run_model(theirs, tensor))
 
 
 def profile(folder: Path) -> dict[str, dict[str, float]]:
-    """Median ms per stage, one image at a time, for both code paths."""
-    engine = LocalEngine(workers=2)
-    engine.start()
-    session = open_default_session()
+    """Median wall ms per stage, one image at a time, for both code paths."""
+    ours = local.open_session(
+        local.locate_model(local.MODELS["u2netp"]), 1, spin=False, shared_arena=False
+    )
+    theirs = open_default_session()
     stages: dict[str, Any] = {"engine, per stage": {}, "sequential": {}}
     for path in sorted(folder.glob("*.jpg"))[:10]:
-        profile_one(engine, session, path.read_bytes(), stages)
+        profile_one(ours, theirs, path.read_bytes(), stages)
     return {
         name: {stage: 1000 * statistics.median(times) for stage, times in values.items()}
         for name, values in stages.items()
@@ -284,6 +314,8 @@ def child(variant: str, folder: Path, args: argparse.Namespace) -> dict[str, Any
         command += ["--threads", str(args.threads)]
     if args.png_level is not None:
         command += ["--png-level", str(args.png_level)]
+    if args.stagger is not None:
+        command += ["--stagger", str(args.stagger)]
     done = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -300,7 +332,7 @@ def summarise(rounds: list[list[dict[str, Any]]]) -> dict[str, dict[str, float]]
             for r in one
             if r["variant"] == variant
         ]
-        keys = ("images_per_min", "cpu_s_per_image", "peak_rss_mb", "rss_after_mb")
+        keys = ("images_per_min", "cpu_s_per_image", "others_cores", "peak_rss_mb", "rss_after_mb")
         summary[variant] = {k: statistics.median(r[k] for r in runs) for k in keys}
         summary[variant]["max_peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
         summary[variant]["ratio_median"] = statistics.median(ratios)
@@ -313,37 +345,49 @@ def summarise(rounds: list[list[dict[str, Any]]]) -> dict[str, dict[str, float]]
 def print_table(summary: dict[str, dict[str, float]]) -> None:
     print(
         "| variant | images/min (median) | vs sequential (median, worst round) | CPU s/image "
-        "| peak RSS MB (median, max) | RSS after MB | mean PNG KB | mean IoU |"
+        "| other processes, cores | peak RSS MB (median, max) | RSS after MB | mean PNG KB "
+        "| mean IoU |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for variant, s in summary.items():
         print(
             f"| {variant} | {s['images_per_min']:.1f} | {s['ratio_median']:.2f}x, "
-            f"{s['ratio_min']:.2f}x | {s['cpu_s_per_image']:.2f} | {s['peak_rss_mb']:.0f}, "
+            f"{s['ratio_min']:.2f}x | {s['cpu_s_per_image']:.2f} | {s['others_cores']:.2f} "
+            f"| {s['peak_rss_mb']:.0f}, "
             f"{s['max_peak_rss_mb']:.0f} | {s['rss_after_mb']:.0f} | {s['mean_png_kb']:.0f} "
             f"| {s['mean_iou']:.3f} |"
         )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=40)
-    parser.add_argument("--workers", default="2,3", help="engine worker counts, comma-separated")
+    parser.add_argument(
+        "--workers", default="2,2r1", help="engine variants: N or NrR, comma-separated"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="engine intra-op threads")
     parser.add_argument("--png-level", type=int, default=None, help="engine PNG zlib level")
+    parser.add_argument("--stagger", type=float, default=None, help="engine ModelGate.STAGGER")
     parser.add_argument("--with-rembg", action="store_true", help="also time rembg.remove()")
     parser.add_argument("--profile", action="store_true", help="also time each stage")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.png_level is not None:
         imaging.PNG_COMPRESS_LEVEL = args.png_level
+    if args.stagger is not None:
+        local.ModelGate.STAGGER = args.stagger
     if args.run:
         print(json.dumps(run_variant(args.run, args.inputs, args.threads)))
         return
     variants = ["sequential"] + [f"engine-w{n}" for n in args.workers.split(",")]
     variants += ["rembg-lib"] if args.with_rembg else []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         write_inputs(folder, args.images)
@@ -352,8 +396,9 @@ def main() -> None:
             rounds.append([child(variant, folder, args) for variant in variants])
             print(f"round {number + 1}: {json.dumps(rounds[-1])}", file=sys.stderr)
         stages = profile(folder) if args.profile else None
-    print(f"{datetime.now(UTC):%Y-%m-%d}, {platform.platform()}, {os.cpu_count()} CPUs, "
-          f"{args.images} images of {SIDE}x{SIDE}, {args.rounds} rounds")  # fmt: skip
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.platform()}, {os.cpu_count()} CPUs, "
+          f"{args.images} images of {SIDE}x{SIDE}, {args.rounds} rounds; load average "
+          f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")  # fmt: skip
     print_table(summarise(rounds))
     if stages:
         print(json.dumps(stages, indent=1))

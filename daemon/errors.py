@@ -32,6 +32,11 @@ class RateLimitedError(TransientError):
         self.retry_after = retry_after
 
 
+class UnreachableError(TransientError):
+    """The remote service cannot be reached at all (connection refused or reset): not this
+    item's fault, so an outage, however long, never uses up an item's last attempt."""
+
+
 class PermanentItemError(CutoutdError):
     """This image cannot be processed (not an image, rejected, job failed). Others go on."""
 

@@ -24,15 +24,19 @@ from daemon.errors import (
     PermanentItemError,
     RateLimitedError,
     TransientError,
+    UnreachableError,
 )
 from daemon.ledger import Ledger
 from daemon.logs import context
 from daemon.models import Area, EngineJob, Item, ItemStatus, SubmittedJob
+from daemon.secrets import redact
 from daemon.storage.base import Storage
 
 log = logging.getLogger(__name__)
 PROCESSING = ItemStatus.PROCESSING
 RELOCATE_FOR_POLICY = {"move": "archive", "delete": "delete", "keep": None}
+# The service's trouble, not the item's: however long it lasts, the item keeps its last attempt.
+SERVICE_WIDE = (UnreachableError, RateLimitedError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +307,9 @@ class Pipeline:
         output: str | None = None,
     ) -> None:
         """End a revision as skipped or failed, with the reason in the ledger, then move
-        its input (failed/ for failures)."""
+        its input (failed/ for failures). Vendors' messages may quote signed URLs: the
+        reason is redacted before it is stored."""
+        reason = redact(reason)
         values = {
             "last_error": reason,
             "finished_at": self.ledger.clock(),
@@ -333,20 +339,24 @@ class Pipeline:
         if self.stop.is_set():
             self._release(item, f"stopping: {error}")
             return
-        if item.attempts >= self.settings.retry.max_attempts:
+        service_wide = isinstance(error, SERVICE_WIDE)
+        if item.attempts >= self.settings.retry.max_attempts and not service_wide:
             self._fail(item, f"gave up after {item.attempts} attempts: {error}")
             return
         delay = self.settings.retry.delay_after(item.attempts)
         if isinstance(error, RateLimitedError) and error.retry_after is not None:
             delay = max(delay, error.retry_after)
+        message = redact(str(error))
         values = {
-            "last_error": str(error),
+            "last_error": message,
             "next_attempt_at": self.ledger.clock() + timedelta(seconds=delay),
             "claimed_by": None,
             "lease_expires_at": None,
         }
         if getattr(error, "forget_job", False):
             values.update(job_id=None, status_url=None)
+        if service_wide:  # keep one attempt for when the service is back
+            values["attempts"] = min(item.attempts, self.settings.retry.max_attempts - 1)
         try:
             self.ledger.transition(
                 item.id,
@@ -354,7 +364,7 @@ class Pipeline:
                 ItemStatus.PENDING,
                 "retry_scheduled",
                 values,
-                error=str(error),
+                error=message,
                 delay=round(delay, 1),
             )
         except LostClaimError:
@@ -376,6 +386,7 @@ class Pipeline:
 
     def _release(self, item: Item, reason: str) -> None:
         """Give a claimed revision back untouched (stop, drain): the attempt does not count."""
+        reason = redact(reason)
         values = {
             "attempts": max(item.attempts - 1, 0),
             "claimed_by": None,

@@ -141,6 +141,7 @@ class Service:
         self.notifier = notifier or Notifier.from_environment()
         self.poll_every = discovery_interval(settings, self.notifier)
         self._workers: list[threading.Thread] = []
+        self._claims_failing = threading.Event()  # warn once per ledger outage, not per worker
         if self.metrics is not None:
             self.metrics.track_in_flight(lambda: len(self.in_flight))
             self.metrics.track_pending(lambda: self.ledger.counts()[ItemStatus.PENDING])
@@ -178,7 +179,7 @@ class Service:
     def work_until_idle(self) -> None:
         """Claim and process due revisions until none is left or a stop is asked."""
         while not self.stop.is_set():
-            item = self.ledger.claim_next()
+            item = self._claim()
             if item is None:
                 return
             with self._lock:
@@ -188,9 +189,43 @@ class Service:
             except AuthError as exc:
                 self._fatal(exc)
                 return
+            except TransientError as exc:  # its outcome could not be recorded
+                self._give_back(item, exc)
+                return
             finally:
                 with self._lock:
                     self.in_flight.pop(item.id, None)
+
+    def _claim(self) -> Item | None:
+        try:
+            item = self.ledger.claim_next()
+        except TransientError as exc:  # the ledger is busy or its disk full: later
+            if not self._claims_failing.is_set():
+                self._claims_failing.set()
+                log.warning("cannot claim work: %s", exc, extra=context("ledger.retry"))
+            return None
+        if self._claims_failing.is_set():
+            self._claims_failing.clear()
+            log.info("the ledger works again", extra=context("ledger.recovered"))
+        return item
+
+    def _give_back(self, item: Item, exc: TransientError) -> None:
+        """The ledger failed while `item` was claimed: release it as soon as the ledger
+        works again, so it is retried without a restart (its job resumes, output overwrites)."""
+        log.warning(
+            "cannot record the outcome for %s; will put it back: %s",
+            item.path,
+            exc,
+            extra=context("ledger.retry", path=item.path),
+        )
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                self.pipeline.release(item, f"put back after a ledger failure ({exc})")
+                return
+            except TransientError:
+                self.stop.wait(delay)
+                delay = min(delay * 2, 30.0)
 
     def _fatal(self, exc: BaseException) -> None:
         if isinstance(exc, AuthError):
@@ -235,8 +270,10 @@ class Service:
         """After each discovery pass: the watchdog ping with STATUS=."""
         if not self.notifier.enabled:
             return
-        counts = self.ledger.counts()
-        status = self.status_line(counts)
+        try:
+            status = self.status_line(self.ledger.counts())
+        except TransientError as exc:
+            status = f"ledger unavailable: {exc}"
         if self._workers_alive():
             self.notifier.watchdog(status)
         else:
@@ -326,7 +363,10 @@ class Service:
     def _worker_loop(self) -> None:
         while not self.stop.is_set():
             self.work_until_idle()
-            due = self.ledger.next_due_at() if not self.stop.is_set() else None
+            try:
+                due = self.ledger.next_due_at() if not self.stop.is_set() else None
+            except TransientError:
+                due = None
             wait = (
                 self.settings.source.poll_interval
                 if due is None
@@ -339,7 +379,10 @@ class Service:
         """Wake discovery at once when storage reports a change (Dropbox longpoll)."""
         timeout = float(self.settings.dropbox.longpoll_timeout)
         while not self.stop.is_set():
-            cursor = self.ledger.get_cursor(self.storage.key)
+            try:
+                cursor = self.ledger.get_cursor(self.storage.key)
+            except TransientError:
+                cursor = None
             if cursor is None:
                 self.stop.wait(1.0)
                 continue

@@ -242,17 +242,18 @@ class PhotoshopEngine:
 
     def cut_out(self, job: EngineJob) -> CutoutResult:
         with self._in_flight_slot():
-            submitted = job.submitted
+            submitted, resumed = job.submitted, job.submitted is not None
             if submitted is None:
-                return self._finish(job, self._submit(job), resumed=False)
-            log.info(
-                "resuming Adobe job %s",
-                submitted.job_id,
-                extra=_context(job, "cutout.resumed", submitted.job_id),
-            )
+                submitted = self._submit(job)
+            else:
+                log.info(
+                    "resuming Adobe job %s",
+                    submitted.job_id,
+                    extra=_context(job, "cutout.resumed", submitted.job_id),
+                )
             try:
-                return self._finish(job, submitted, resumed=True)
-            except _ResubmitNeeded as exc:
+                return self._finish(job, submitted, resumed=resumed)
+            except _ResubmitNeeded as exc:  # e.g. the result URL expired before the download
                 return self._resubmit(job, submitted, str(exc))
 
     # -- one job ---------------------------------------------------------------------------
@@ -291,8 +292,7 @@ class PhotoshopEngine:
             raise StaleJobError(f"resubmitted once already ({reason}); then {exc}") from None
 
     def _submit(self, job: EngineJob) -> SubmittedJob:
-        body = request_body(job.temporary_link(), job.options, self._settings.color_decontamination)
-        reply = self._post_submission(body)
+        reply = self._post_submission(job)
         if reply.status != 202:
             raise _submit_error(reply)
         submitted = self._parse_submitted(reply)
@@ -305,11 +305,15 @@ class PhotoshopEngine:
         )
         return submitted
 
-    def _post_submission(self, body: dict[str, Any]) -> _Reply:
+    def _post_submission(self, job: EngineJob) -> _Reply:
+        """POST the job, retrying 429s. Each try takes a fresh temporary link once its slot
+        is granted: however long it waited (limiter, Retry-After), Adobe gets a live link."""
         url = self._settings.api_url.rstrip("/") + SUBMIT_PATH
         retry_after = self._settings.submit_period
         for _ in range(MAX_RATE_LIMITED_RETRIES + 1):
             with self._limiter.slot(self._stop):
+                link = job.temporary_link()
+                body = request_body(link, job.options, self._settings.color_decontamination)
                 reply = self._call("POST", url, json_body=body)
             if reply.status != 429:
                 return reply

@@ -41,6 +41,7 @@ from daemon.errors import (
     PermanentItemError,
     RateLimitedError,
     TransientError,
+    UnreachableError,
 )
 from daemon.hashing import content_hash_bytes
 from daemon.models import Area, Change, ChangeBatch, DeletedEntry, RemoteFile
@@ -146,6 +147,8 @@ def translate_error(exc: BaseException, where: str) -> CutoutdError:
         message = f"Dropbox answered HTTP {exc.status_code} on {where}"
         transient = exc.status_code >= 500 or exc.status_code in (408, 425)
         return TransientError(message) if transient else PermanentItemError(message)
+    if isinstance(exc, requests.ConnectionError):  # refused, reset: Dropbox, not this file
+        return UnreachableError(f"cannot reach Dropbox on {where} ({type(exc).__name__})")
     if isinstance(exc, requests.RequestException):
         return TransientError(f"cannot reach Dropbox on {where} ({type(exc).__name__})")
     if isinstance(exc, CutoutdError):

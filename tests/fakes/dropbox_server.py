@@ -18,8 +18,8 @@ Two ways to aim the real SDK at it:
 
 Test helpers work on the state directly (`put_file`, `delete`, `files_under`, ...), and
 fault knobs (`rate_limit`, `server_errors`, `lock_contention`, `slow`, `expire_access_tokens`,
-`revoke_refresh_token`, `reset_cursors`, `drop_connections`, and `go_offline` /
-`come_back` on the same port) make it misbehave the way Dropbox does.
+`revoke_refresh_token`, `reset_cursors`, `drop_connections`, `reset_connections`, and
+`go_offline` / `come_back` on the same port) make it misbehave the way Dropbox does.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import secrets
 import shutil
 import socket
 import ssl
+import struct
 import tempfile
 import threading
 import time
@@ -58,6 +59,7 @@ DROPBOX_ORIGINS = (
 TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
 MAX_UPLOAD = 150 * 1024 * 1024
 JSON = "application/json"
+RESET = 0  # a Reply with this status: reset the connection instead of answering
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,7 @@ def deleted_metadata(display: str) -> dict[str, Any]:
 
 @dataclass
 class Fault:
-    kind: str  # rate_limit | server_error | lock | slow
+    kind: str  # rate_limit | server_error | lock | slow | reset
     routes: frozenset[str] | None
     remaining: int | None
     probability: float = 1.0
@@ -289,6 +291,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         reply = self.server.fake.dispatch(method, self.path, headers, body)
+        if reply.status == RESET:
+            self._reset()
+            return
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
@@ -297,6 +302,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(reply.body)
+
+    def _reset(self) -> None:
+        """Close with SO_LINGER 0: the client gets a TCP RST where it waits for an answer."""
+        self.close_connection = True
+        with suppress(OSError):
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.request.close()
 
 
 class FakeDropbox:
@@ -537,6 +549,18 @@ class FakeDropbox:
         with self._cond:
             return list(self._access_tokens)
 
+    @property
+    def refresh_tokens(self) -> list[str]:
+        """Every refresh token issued (the initial one and those from `authorization_code`)."""
+        with self._cond:
+            return list(self._refresh_tokens)
+
+    @property
+    def temporary_link_tokens(self) -> list[str]:
+        """The secret part of every temporary link handed out (`/tl/<token>/<name>`)."""
+        with self._cond:
+            return list(self._links)
+
     def approve(self, authorize_url: str) -> str:
         """What the user does in the browser: returns the code Dropbox would show."""
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(authorize_url).query))
@@ -582,6 +606,13 @@ class FakeDropbox:
         self, seconds: float, *, routes: list[str] | None = None, count: int | None = None
     ) -> None:
         self._add_fault(Fault("slow", _routes(routes), count, seconds=seconds))
+
+    def reset_connections(
+        self, count: int | None = 1, *, routes: list[str] | None = None, probability: float = 1.0
+    ) -> None:
+        """Reset the connection (TCP RST, no answer) instead of answering, `count` times
+        (None: forever, each with `probability`). The request is not carried out."""
+        self._add_fault(Fault("reset", _routes(routes), count, probability))
 
     def clear_faults(self) -> None:
         with self._cond:
@@ -632,6 +663,8 @@ class FakeDropbox:
             if fault.kind == "lock" and route in LOCK_ERRORS:
                 error = LOCK_ERRORS[route]
                 return json_reply({"error_summary": summary_of(error), "error": error}, 409)
+            if fault.kind == "reset":
+                return Reply(RESET)
         return None
 
     # ------------------------------------------------------------------ dispatch

@@ -27,6 +27,8 @@ import json
 import math
 import random
 import secrets
+import socket
+import struct
 import sys
 import threading
 import time
@@ -153,6 +155,8 @@ class FakePhotoshop:
         self._failures: list[tuple[str, str]] = []
         self._reject_calls = 0
         self._forced_429 = 0
+        self._troubles: list[tuple[str, str, float]] = []  # (where, reset|delay|expire, s)
+        self.troubles_served: Counter[str] = Counter()  # reset | delay | expire
         self._closing = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -249,6 +253,39 @@ class FakePhotoshop:
         with self.lock:
             for result in self._results.values():
                 result.expired = True
+
+    def reset_next_calls(self, count: int, where: str = "any") -> None:
+        """The next `count` requests to `where` (`ims`, `submit`, `status`, `result`,
+        `input` or `any`) get a TCP reset instead of an answer and are not carried out."""
+        with self.lock:
+            self._troubles.extend([(where, "reset", 0.0)] * count)
+
+    def delay_next_calls(self, count: int, seconds: float, where: str = "any") -> None:
+        """The next `count` requests to `where` wait `seconds` before they are handled, and
+        are handled even if the client gave up meanwhile (as a real server would)."""
+        with self.lock:
+            self._troubles.extend([(where, "delay", seconds)] * count)
+
+    def expire_next_results(self, count: int) -> None:
+        """The next `count` result downloads answer `result_expired_status`: the URL ran
+        out of validity between `succeeded` and the download."""
+        with self.lock:
+            self._troubles.extend([("result", "expire", 0.0)] * count)
+
+    def take_trouble(self, where: str) -> str | None:
+        """Called by the handler before a request is handled: `reset`, `expire` or None
+        (after sleeping out a `delay`)."""
+        with self.lock:
+            found = next((t for t in self._troubles if t[0] in (where, "any")), None)
+            if found is None:
+                return None
+            self._troubles.remove(found)
+            self.troubles_served[found[1]] += 1
+        _, kind, seconds = found
+        if kind == "delay":
+            self._closing.wait(seconds)
+            return None
+        return kind
 
     def submissions_for(self, url: str) -> int:
         """Accepted submissions whose `image.source.url` was this URL (query ignored)."""
@@ -486,6 +523,33 @@ class FakePhotoshop:
             return 404, b"not found", "text/plain"
         return 200, found[0], found[1]
 
+    # -- what the fake handed out, for secret-leak checks ---------------------------------
+
+    @property
+    def access_tokens(self) -> list[str]:
+        """Every IMS access token issued and not revoked."""
+        with self.lock:
+            return list(self._tokens)
+
+    def result_urls(self) -> list[str]:
+        """Every signed result URL issued (`.../results/<token>?sig=<signature>`)."""
+        with self.lock:
+            return [f"{self.url}/results/{t}?sig={r.signature}" for t, r in self._results.items()]
+
+
+def _where(path: str) -> str:
+    """Which kind of call a request path is, for the `*_next_calls` knobs."""
+    for prefix, where in (
+        ("/ims/", "ims"),
+        ("/v2/remove-background", "submit"),
+        ("/v2/status/", "status"),
+        ("/results/", "result"),
+        ("/inputs/", "input"),
+    ):
+        if path.startswith(prefix):
+            return where
+    return "other"
+
 
 def _without_query(url: str) -> str:
     return url.split("?", 1)[0]
@@ -642,6 +706,13 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = parts.path, parse_qs(parts.query)
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        trouble = fake.take_trouble(_where(path))
+        if trouble == "reset":
+            self._reset()
+            return
+        if trouble == "expire":
+            self._bytes(fake.result_expired_status, b"Expired", "text/plain")
+            return
         try:
             if path == "/ims/token/v3" and method == "POST":
                 form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
@@ -683,6 +754,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _reset(self) -> None:
+        """Close with SO_LINGER 0: the client gets a TCP RST where it waits for an answer."""
+        self._record(0)
+        self.close_connection = True
+        try:
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.request.close()
+        except OSError:
+            pass
 
     def _record(self, status: int) -> None:
         fake = self.server.fake

@@ -469,3 +469,23 @@ def test_recipe_b_environment_in_a_subprocess() -> None:
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == ["/Recipe B.txt"]
         assert fake.files_under("/") == {"/Recipe B.txt": b"over tls"}
+
+
+def test_reset_connections(fake_dropbox: FakeDropbox, sdk_client: Any) -> None:
+    fake_dropbox.put_file("/In/x.jpg", b"1")
+    fake_dropbox.reset_connections(1, routes=["files/get_metadata"])
+    with pytest.raises(requests.ConnectionError):
+        sdk_client.files_get_metadata("/In/x.jpg")
+    assert fake_dropbox.faulted["reset"] == 1
+    assert sdk_client.files_get_metadata("/In/x.jpg").name == "x.jpg"
+
+
+def test_reset_connections_over_https() -> None:
+    with FakeDropbox(https=True) as fake, fake.session() as session:
+        fake.reset_connections(1, routes=["oauth2/token"])
+        form = {"grant_type": "refresh_token", "refresh_token": fake.refresh_token}
+        form.update(client_id=fake.app_key, client_secret=fake.app_secret or "")
+        with pytest.raises(requests.ConnectionError):
+            session.post(f"{fake.url}/oauth2/token", data=form, timeout=5)
+        with session.post(f"{fake.url}/oauth2/token", data=form, timeout=5) as response:
+            assert response.status_code == 200

@@ -294,3 +294,28 @@ def test_cutout_modes() -> None:
     assert pixels[..., 3].min() == 255
     assert tuple(pixels[0, 0]) == (0, 0, 255, 255)
     assert tuple(pixels[40, 60][:3]) == (200, 20, 20)
+
+
+def test_reset_delay_and_expire_next_calls(fake: FakePhotoshop, http: requests.Session) -> None:
+    auth = headers(fake, http)
+    body = {"image": {"source": {"url": fake.host_input("a.png", shape_image())}}}
+    fake.reset_next_calls(1, where="submit")
+    with pytest.raises(requests.ConnectionError):
+        submit(fake, http, body, auth)
+    assert fake.submissions == 0
+    fake.delay_next_calls(1, 0.3, where="submit")
+    with pytest.raises(requests.Timeout):
+        http.post(f"{fake.url}/v2/remove-background", json=body, headers=auth, timeout=0.1)
+    deadline = time.monotonic() + 5
+    while fake.submissions == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.submissions == 1  # carried out although the client gave up: a duplicate
+    accepted = submit(fake, http, body, auth)
+    done = poll_until_done(http, accepted.json()["statusUrl"], auth)
+    result_url = done["result"]["outputs"][0]["destination"]["url"]
+    fake.expire_next_results(1)
+    with http.get(result_url, timeout=5) as response:
+        assert response.status_code == 410
+    with http.get(result_url, timeout=5) as response:
+        assert response.status_code == 200
+    assert fake.troubles_served == {"reset": 1, "delay": 1, "expire": 1}

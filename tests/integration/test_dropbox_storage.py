@@ -28,6 +28,7 @@ from daemon.errors import (
     ItemGoneError,
     RateLimitedError,
     TransientError,
+    UnreachableError,
 )
 from daemon.models import Area, ChangeBatch, DeletedEntry, RemoteFile
 from daemon.secrets import redact
@@ -462,3 +463,21 @@ def test_recipe_b_adapter_in_a_subprocess() -> None:
             f"{ROOT}/archive/Photo 1.jpg": b"abc",
             f"{ROOT}/output/x.png": b"cba",
         }
+
+
+def test_refused_or_reset_connections_are_unreachable_not_timeouts(
+    fake_dropbox: FakeDropbox, storage_factory: StorageFactory
+) -> None:
+    """Unreachable (the pipeline keeps an item's last attempt for later) only when no answer
+    could come at all; a slow answer stays an ordinary transient error."""
+    storage = storage_factory(settings=DropboxSettings(timeout=0.5, max_retries_on_error=0))
+    fake_dropbox.reset_connections(1, routes=["files/list_folder"])
+    with pytest.raises(UnreachableError, match="cannot reach Dropbox"):
+        storage.list_changes(None)
+    fake_dropbox.slow(1.0, routes=["files/list_folder"], count=1)
+    with pytest.raises(TransientError) as caught:
+        storage.list_changes(None)
+    assert not isinstance(caught.value, UnreachableError)
+    fake_dropbox.go_offline()
+    with pytest.raises(UnreachableError):
+        storage.list_changes(None)

@@ -6,6 +6,9 @@ One session per module: loading takes ~0.2 s and each 128-512 px image ~0.4 s on
 from __future__ import annotations
 
 import io
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +19,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from daemon.engines.base import Engine
-from daemon.engines.local import INSTALL_HINT, LocalEngine
+from daemon.engines.local import INSTALL_HINT, LocalEngine, ModelGate, available_cores
 from daemon.errors import EngineUnavailableError, ItemGoneError, PermanentItemError
 from daemon.models import (
     CutoutOptions,
@@ -266,18 +269,90 @@ def test_unknown_model_name_is_refused() -> None:
         LocalEngine(model="birefnet")
 
 
-def test_idle_engine_releases_and_reloads_the_model() -> None:
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def hold(gate: ModelGate) -> tuple[threading.Event, threading.Event]:
+    """Start a thread that enters the gate and stays in until the second event is set."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def body() -> None:
+        with gate.admit():
+            entered.set()
+            leave.wait(10)
+
+    threading.Thread(target=body, daemon=True).start()
+    return entered, leave
+
+
+def test_model_gate_runs_one_at_a_time_until_a_run_has_finished() -> None:
+    clock = FakeClock()
+    gate = ModelGate(2, clock)
+    first_in, first_out = hold(gate)
+    assert first_in.wait(5)
+    second_in, second_out = hold(gate)
+    assert not second_in.wait(0.2)  # no run's length known yet: no way to stagger
+    clock.now += 1.0
+    first_out.set()
+    assert second_in.wait(5)
+    second_out.set()
+    assert gate.typical == pytest.approx(1.0, abs=0.25)
+
+
+def test_model_gate_starts_runs_half_a_run_apart_and_at_most_runs_at_once() -> None:
+    clock = FakeClock()
+    gate = ModelGate(2, clock)
+    gate.typical = 1.0  # as if earlier runs took a second each: a gap of 0.5 s
+    a_in, a_out = hold(gate)
+    assert a_in.wait(5)
+    clock.now += 0.2
+    b_in, b_out = hold(gate)
+    assert not b_in.wait(0.1)  # `a` started 0.2 s ago
+    clock.now += 0.4  # b wakes when its 0.3 s are up, and finds `a` 0.6 s old
+    assert b_in.wait(5)
+    clock.now += 1.0
+    c_in, c_out = hold(gate)
+    assert not c_in.wait(0.2)  # two runs in the model already
+    a_out.set()
+    assert c_in.wait(5)
+    b_out.set()
+    c_out.set()
+
+
+def test_default_concurrency_follows_the_cores() -> None:
+    cores = available_cores()
+    single, pair = LocalEngine(workers=1), LocalEngine(workers=4)
+    assert (single.model_runs, single.threads) == (1, cores)
+    assert pair.model_runs == min(2, cores)
+    assert pair.threads == max(1, cores // pair.model_runs)
+
+
+def resident_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_idle_engine_hands_its_memory_back_and_still_works() -> None:
     engine = LocalEngine(idle_release=0.05)
     engine.start()
     try:
         image, mask = scene((192, 192))
         engine.cut_out(job(encoded(image, "PNG")))
-        deadline = time.monotonic() + 10
-        while engine.model_loaded and time.monotonic() < deadline:
+        busy = resident_mb()
+        deadline = time.monotonic() + 20
+        while engine.idle_releases == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not engine.model_loaded
+        assert engine.idle_releases == 1
+        assert resident_mb() < busy - 100  # the activations (~250 MB) went back to the OS
         out = decoded(engine.cut_out(job(encoded(image, "PNG"))).data)
         assert iou(out.getchannel("A"), mask) >= 0.9
     finally:
         engine.close()
-    assert not engine.model_loaded
+    with pytest.raises(EngineUnavailableError, match="before start"):
+        engine.cut_out(job(encoded(image, "PNG")))

@@ -546,3 +546,29 @@ def test_logs_carry_no_token_or_temporary_url(
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in ours)
     assert "token=" not in text and "sig=" not in text
     assert "fake-ims-" not in text and fake.client_secret not in text
+
+
+def test_each_submission_try_takes_a_fresh_link(
+    fake: FakePhotoshop, make_engine: MakeEngine, image: tuple[bytes, np.ndarray]
+) -> None:
+    """A link taken before a Retry-After pause may have expired by the retry (see
+    tests/reliability/test_faults.py, temporary_link_expired)."""
+    engine = make_engine()
+    fake.force_rate_limit(2, retry_after=0.1)
+    h = harness(fake, image[0])
+    result = engine.cut_out(h.job)
+    assert alpha_iou(result.data, image[1]) >= 0.9
+    assert (fake.rate_limited, fake.submissions, h.links) == (2, 1, 3)
+
+
+def test_expired_result_of_a_fresh_job_is_resubmitted_at_once(
+    fake: FakePhotoshop, make_engine: MakeEngine, image: tuple[bytes, np.ndarray]
+) -> None:
+    engine = make_engine()
+    fake.expire_next_results(1)
+    h = harness(fake, image[0])
+    result = engine.cut_out(h.job)
+    assert alpha_iou(result.data, image[1]) >= 0.9
+    assert fake.submissions_for(h.url) == 2 and len(h.recorded) == 2
+    assert "expired" in h.job.extra["resubmitted"]
+    assert engine.stats().resubmissions == 1

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from daemon.errors import TransientError
+import pytest
+
+from daemon.errors import RateLimitedError, TransientError, UnreachableError
 from daemon.models import ItemStatus
 from daemon.pipeline import output_candidates
 from daemon.service import Service
@@ -208,3 +211,60 @@ def test_crash_recovery_resets_processing(make_service: MakeService, root: Path)
     names = [e["event"] for e in again.ledger.events(claimed.id)]
     assert names[:3] == ["discovered", "claimed", "recovered"]
     assert names[-2:] == ["succeeded", "moved_to_archive"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [UnreachableError("cannot reach Dropbox (ConnectionError)"), RateLimitedError("429", 0.01)],
+    ids=["unreachable", "rate_limited"],
+)
+def test_service_wide_trouble_never_uses_up_the_last_attempt(
+    make_service: MakeService, root: Path, error: TransientError
+) -> None:
+    write_shape(root / "input" / "a.jpg")
+    engine = ChromaKeyEngine()
+    engine.fail_with = [error] * 6
+    service = make_service(engine)
+    summary = service.run_once()
+    assert summary.counts == {ItemStatus.SUCCEEDED: 1}
+    [item] = service.ledger.list_items()
+    assert item.attempts == 3  # held at max_attempts - 1 while unreachable, then one more
+
+
+def test_ledger_failure_at_the_outcome_puts_the_item_back(
+    make_service: MakeService, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills between the cutout and its recording: the claimed revision must not
+    stay `processing` (and its worker must not die) until a restart."""
+    write_shape(root / "input" / "a.jpg")
+    service = make_service()
+    real = service.ledger.transition
+    failing = {"succeeded": 1, "retry_scheduled": 1}
+
+    def transition(item_id: int, expected: Any, target: Any, event: str, *args: Any,
+                   **kwargs: Any) -> Any:  # fmt: skip
+        if failing.get(event):
+            failing[event] -= 1
+            raise TransientError("ledger unavailable: database or disk is full")
+        return real(item_id, expected, target, event, *args, **kwargs)
+
+    monkeypatch.setattr(service.ledger, "transition", transition)
+    summary = service.run_once()
+    assert summary.counts == {ItemStatus.SUCCEEDED: 1}
+    [item] = service.ledger.list_items()
+    names = [e["event"] for e in service.ledger.events(item.id)]
+    assert names.count("claimed") == 2 and "released" in names
+    assert (root / "archive" / "a.jpg").exists()
+
+
+def test_a_failing_claim_does_not_end_the_worker(
+    make_service: MakeService, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = make_service()
+    service.start()
+
+    def claim_next() -> None:
+        raise TransientError("ledger unavailable: database is locked")
+
+    monkeypatch.setattr(service.ledger, "claim_next", claim_next)
+    service.work_until_idle()  # returns; the worker loop tries again later
