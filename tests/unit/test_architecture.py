@@ -1,0 +1,80 @@
+"""The house rules on who may import what (see ../shared/house-style.md, "The shape"),
+checked on the source of every module in daemon/."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "daemon"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module `path` imports, at any level (lazy imports inside functions too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {module_name(p): imports_of(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def importers(target: str) -> set[str]:
+    return {
+        name
+        for name, imported in MODULES.items()
+        if any(i == target or i.startswith(target + ".") for i in imported)
+    }
+
+
+def test_the_package_and_its_imports_are_found() -> None:
+    assert {"daemon.cli", "daemon.service", "daemon.pipeline", "daemon.ledger.store"} <= set(
+        MODULES
+    )
+    assert importers("dropbox") == {"daemon.storage.dropbox"}
+    assert importers("daemon.service") == {"daemon.cli"}  # lazily, inside the commands
+
+
+@pytest.mark.parametrize(
+    ("target", "allowed"),
+    [
+        ("daemon.service", ("daemon.cli",)),
+        ("dropbox", ("daemon.storage.dropbox",)),
+        ("sqlalchemy", ("daemon.ledger",)),
+        ("alembic", ("daemon.ledger",)),
+        ("onnxruntime", ("daemon.engines.local",)),
+        ("daemon.cli", ()),
+    ],
+)
+def test_only_its_adapter_imports(target: str, allowed: tuple[str, ...]) -> None:
+    """`target` is imported only by the modules named in `allowed` (or under them)."""
+    offenders = sorted(
+        m for m in importers(target) if not any(m == a or m.startswith(a + ".") for a in allowed)
+    )
+    assert offenders == [], f"{target} imported by {offenders}"
+
+
+def test_the_core_does_not_import_adapters() -> None:
+    """pipeline.py orchestrates over the ports: it never names a concrete adapter."""
+    adapters = (
+        "daemon.storage.local",
+        "daemon.storage.dropbox",
+        "daemon.engines.local",
+        "daemon.engines.photoshop",
+    )
+    core = ("daemon.pipeline", "daemon.models", "daemon.errors", "daemon.config")
+    for name in core:
+        bad = sorted(i for i in MODULES[name] if i.startswith(adapters))
+        assert bad == [], f"{name} imports {bad}"
