@@ -295,8 +295,8 @@ def _output_format(args: argparse.Namespace) -> str:
 @contextmanager
 def _open_audit(settings: Settings) -> Iterator[LedgerAudit]:
     """The read-only audit view; ledger lookups that fail on the user's input exit 2."""
+    from daemon.compose import open_ledger_reader
     from daemon.ledger.audit import AuditArgumentError, LedgerAudit
-    from daemon.service import open_ledger_reader
 
     audit = LedgerAudit(open_ledger_reader(settings))
     try:
@@ -388,10 +388,10 @@ def _actor() -> str:
 
 @contextmanager
 def _open_requeuer(settings: Settings) -> Iterator[Requeuer]:
+    from daemon.compose import build_storage, ledger_url, open_ledger_reader
     from daemon.ledger import Ledger
     from daemon.ledger.audit import AuditArgumentError
     from daemon.ledger.requeue import Requeuer
-    from daemon.service import build_storage, ledger_url, open_ledger_reader
 
     open_ledger_reader(settings).close()  # says so clearly when there is no ledger yet
     actor = _actor()
@@ -448,7 +448,7 @@ def report_requeued(items: Sequence[Item], requeue: Callable[[Item], Requeued], 
 
 
 def command_auth_dropbox(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.service import authorize_dropbox_interactively
+    from daemon.compose import authorize_dropbox_interactively
 
     lines = authorize_dropbox_interactively(read_code=lambda url: _ask_code(url))
     print("# Put these in the service's environment file (mode 0600) or systemd credentials:")

@@ -7,29 +7,24 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from daemon.config_reader import (
+    TableReader,
+    at_least_one,
+    http_url,
+    non_negative,
+    positive,
+    read_table,
+)
 from daemon.errors import ConfigError
 from daemon.models import CutoutOptions, Mode, OutputFormat, Rgb
 
 DEFAULT_ROOT = "RemoveBGProcess"
 DEFAULT_DROPBOX_ROOT = "/RemoveBGProcess"
-SECRET_KEYS = frozenset(
-    {
-        "token",
-        "access_token",
-        "refresh_token",
-        "app_secret",
-        "client_secret",
-        "secret",
-        "password",
-        "api_key",
-        "key",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,97 +129,6 @@ class Settings:
     config_path: str | None = None
 
 
-T = TypeVar("T")
-
-
-class _Reader:
-    """Reads one table, collecting problems instead of stopping at the first."""
-
-    def __init__(self, data: Mapping[str, Any], section: str, problems: list[str]) -> None:
-        raw = data.get(section, {})
-        if not isinstance(raw, Mapping):
-            problems.append(f"{section}: must be a table")
-            raw = {}
-        self.raw = dict(raw)
-        self.section = section
-        self.problems = problems
-        self.seen: set[str] = set()
-
-    def problem(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.section}.{key}: {message}")
-
-    def get(
-        self,
-        key: str,
-        default: T,
-        kind: type | tuple[type, ...],
-        check: Callable[[Any], str | None] | None = None,
-    ) -> T:
-        self.seen.add(key)
-        if key not in self.raw:
-            return default
-        value = self.raw[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and kind is not bool:
-            self.problem(key, f"must be {_kind_name(kind)}, not a boolean")
-            return default
-        if not isinstance(value, kind):
-            self.problem(key, f"must be {_kind_name(kind)}, got {type(value).__name__} {value!r}")
-            return default
-        message = check(value) if check else None
-        if message:
-            self.problem(key, message)
-            return default
-        return value  # type: ignore[return-value]
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        def check(value: Any) -> str | None:
-            return (
-                None
-                if value in choices
-                else f"must be one of {', '.join(map(repr, choices))}, got {value!r}"
-            )
-
-        return self.get(key, default, str, check)
-
-    def finish(self) -> None:
-        for key in sorted(set(self.raw) - self.seen):
-            if key.lower() in SECRET_KEYS or key.lower().endswith(
-                ("_secret", "_token", "password")
-            ):
-                self.problem(
-                    key,
-                    "secrets never go in the config file; set them in the environment or a systemd credential",
-                )
-            else:
-                self.problem(key, "unknown key")
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {
-        bool: "true or false",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-    }
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else f"must be greater than 0, got {value!r}"
-
-
-def _non_negative(value: Any) -> str | None:
-    return None if value >= 0 else f"must be 0 or more, got {value!r}"
-
-
-def _at_least_one(value: Any) -> str | None:
-    return None if value >= 1 else f"must be at least 1, got {value!r}"
-
-
 def _hex_color(value: Any) -> str | None:
     try:
         Rgb.parse(value)
@@ -233,13 +137,8 @@ def _hex_color(value: Any) -> str | None:
     return None
 
 
-def _http_url(value: Any) -> str | None:
-    ok = value.startswith(("https://", "http://")) and "?" not in value and "@" not in value
-    return None if ok else f"must be an http(s) URL without credentials or query, got {value!r}"
-
-
 def _read_source(data: Mapping[str, Any], problems: list[str]) -> SourceSettings:
-    r = _Reader(data, "source", problems)
+    r = TableReader(data, "source", problems)
     kind = r.choice("kind", "local", ("local", "dropbox"))
     default_root = DEFAULT_DROPBOX_ROOT if kind == "dropbox" else DEFAULT_ROOT
     root = r.get("root", default_root, str, lambda v: None if v.strip() else "must not be empty")
@@ -248,10 +147,10 @@ def _read_source(data: Mapping[str, Any], problems: list[str]) -> SourceSettings
     settings = SourceSettings(
         kind=kind,
         root=root,
-        poll_interval=r.get("poll_interval", 30.0, float, _positive),
+        poll_interval=r.get("poll_interval", 30.0, float, positive),
         recursive=r.get("recursive", False, bool),
         dedupe=r.choice("dedupe", "content", ("content", "off")),
-        settle_seconds=r.get("settle_seconds", 2.0, float, _non_negative),
+        settle_seconds=r.get("settle_seconds", 2.0, float, non_negative),
         longpoll=r.get("longpoll", True, bool),
     )
     r.finish()
@@ -259,7 +158,7 @@ def _read_source(data: Mapping[str, Any], problems: list[str]) -> SourceSettings
 
 
 def _read_engine(data: Mapping[str, Any], problems: list[str]) -> EngineSettings:
-    r = _Reader(data, "engine", problems)
+    r = TableReader(data, "engine", problems)
     color = r.get("background_color", None, str, _hex_color)
     options = CutoutOptions(
         mode=Mode(r.choice("mode", "cutout", tuple(m.value for m in Mode))),
@@ -272,44 +171,12 @@ def _read_engine(data: Mapping[str, Any], problems: list[str]) -> EngineSettings
     settings = EngineSettings(
         kind=r.choice("kind", "local", ("local", "photoshop")),
         options=options,
-        workers=r.get("workers", 2, int, _at_least_one),
+        workers=r.get("workers", 2, int, at_least_one),
         model=r.choice("model", "u2netp", ("u2netp", "u2net")),
-        max_pixels=r.get("max_pixels", 50_000_000, int, _at_least_one),
+        max_pixels=r.get("max_pixels", 50_000_000, int, at_least_one),
     )
     r.finish()
     return settings
-
-
-def _read_simple(
-    data: Mapping[str, Any],
-    section: str,
-    cls: type[T],
-    problems: list[str],
-    checks: Mapping[str, Callable[[Any], str | None]] | None = None,
-    choices: Mapping[str, tuple[str, ...]] | None = None,
-) -> T:
-    """Read a table whose keys map one-to-one onto a dataclass's fields and defaults."""
-    r = _Reader(data, section, problems)
-    defaults = cls()
-    values: dict[str, Any] = {}
-    for name in cls.__dataclass_fields__:  # type: ignore[attr-defined]
-        default = getattr(defaults, name)
-        if choices and name in choices:
-            values[name] = r.choice(name, default, choices[name])
-            continue
-        kind: type | tuple[type, ...] = type(default)
-        if isinstance(default, tuple):
-            value = r.get(name, list(default), list, _string_list)
-            values[name] = tuple(value)
-            continue
-        values[name] = r.get(name, default, kind, (checks or {}).get(name))
-    r.finish()
-    return cls(**values)
-
-
-def _string_list(value: Any) -> str | None:
-    ok = value and all(isinstance(v, str) and v for v in value)
-    return None if ok else "must be a non-empty list of strings"
 
 
 def _read_ledger(data: Mapping[str, Any], problems: list[str]) -> LedgerSettings:
@@ -324,12 +191,12 @@ def _read_ledger(data: Mapping[str, Any], problems: list[str]) -> LedgerSettings
             return "must not contain a password; use PGPASSWORD, ~/.pgpass or a systemd credential"
         return None
 
-    return _read_simple(
+    return read_table(
         data,
         "ledger",
         LedgerSettings,
         problems,
-        checks={"url": check_url, "lease_seconds": _positive},
+        checks={"url": check_url, "lease_seconds": positive},
     )
 
 
@@ -343,26 +210,26 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
         source=_read_source(data, problems),
         engine=_read_engine(data, problems),
         ledger=_read_ledger(data, problems),
-        archive=_read_simple(
+        archive=read_table(
             data,
             "archive",
             ArchiveSettings,
             problems,
             choices={"policy": ("move", "delete", "keep")},
         ),
-        retry=_read_simple(
+        retry=read_table(
             data,
             "retry",
             RetrySettings,
             problems,
             checks={
-                "max_attempts": _at_least_one,
-                "backoff_initial": _non_negative,
-                "backoff_multiplier": _at_least_one,
-                "backoff_max": _non_negative,
+                "max_attempts": at_least_one,
+                "backoff_initial": non_negative,
+                "backoff_multiplier": at_least_one,
+                "backoff_max": non_negative,
             },
         ),
-        log=_read_simple(
+        log=read_table(
             data,
             "log",
             LogSettings,
@@ -372,45 +239,45 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
                 "level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
             },
         ),
-        service=_read_simple(
-            data, "service", ServiceSettings, problems, checks={"drain_timeout": _positive}
+        service=read_table(
+            data, "service", ServiceSettings, problems, checks={"drain_timeout": positive}
         ),
-        dropbox=_read_simple(
+        dropbox=read_table(
             data,
             "dropbox",
             DropboxSettings,
             problems,
             checks={
-                "timeout": _positive,
-                "max_retries_on_error": _non_negative,
-                "max_retries_on_rate_limit": _non_negative,
+                "timeout": positive,
+                "max_retries_on_error": non_negative,
+                "max_retries_on_rate_limit": non_negative,
                 "longpoll_timeout": lambda v: (
                     None if 30 <= v <= 480 else f"must be between 30 and 480, got {v!r}"
                 ),
             },
         ),
-        photoshop=_read_simple(
+        photoshop=read_table(
             data,
             "photoshop",
             PhotoshopSettings,
             problems,
             checks={
-                "api_url": _http_url,
-                "ims_url": _http_url,
-                "submit_limit": _at_least_one,
-                "submit_period": _positive,
-                "max_in_flight": _at_least_one,
-                "poll_initial": _positive,
-                "poll_multiplier": _at_least_one,
-                "poll_max": _positive,
-                "job_timeout": _positive,
-                "request_timeout": _positive,
+                "api_url": http_url,
+                "ims_url": http_url,
+                "submit_limit": at_least_one,
+                "submit_period": positive,
+                "max_in_flight": at_least_one,
+                "poll_initial": positive,
+                "poll_multiplier": at_least_one,
+                "poll_max": positive,
+                "job_timeout": positive,
+                "request_timeout": positive,
                 "color_decontamination": lambda v: (
                     None if 0 <= v <= 1 else f"must be between 0 and 1, got {v!r}"
                 ),
             },
         ),
-        metrics=_read_simple(
+        metrics=read_table(
             data,
             "metrics",
             MetricsSettings,

@@ -9,29 +9,41 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from daemon.config import PhotoshopSettings
+from daemon.engines.photoshop_wire import (
+    JobTimedOutError,
+    Reply,
+    ResubmitNeededError,
+    StaleJobError,
+    check_format,
+    describe_exception,
+    failed_job_error,
+    json_object,
+    new_session,
+    parse_retry_after,
+    poll_delays,
+    request_body,
+    result_url,
+    submit_error,
+)
+from daemon.engines.ratelimit import Clock, SubmitLimiter, SystemClock
 from daemon.errors import (
     AuthError,
     CutoutdError,
     EngineUnavailableError,
-    PermanentItemError,
     RateLimitedError,
     TransientError,
 )
-from daemon.models import CutoutOptions, CutoutResult, EngineJob, Mode, OutputFormat, SubmittedJob
-from daemon.secrets import read_secret, redact, redact_url, register_secret
+from daemon.models import CutoutResult, EngineJob, SubmittedJob
+from daemon.secrets import read_secret, redact_url, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -40,38 +52,6 @@ TOKEN_RENEW_MARGIN = 3600.0  # renew the IMS token about an hour before it expir
 MAX_RATE_LIMITED_RETRIES = 5  # 429s in a row on one submission before giving up
 MAX_POLL_FAILURES = 3  # status polls in a row that may fail before the attempt gives up
 EXPIRED_RESULT_STATUSES = frozenset({403, 404, 410})
-_SERVER_SIDE_WORDS = ("runtime", "internal", "timeout", "timed_out", "unavailable", "server")
-_SIGNATURES = {OutputFormat.PNG: b"\x89PNG\r\n\x1a\n", OutputFormat.WEBP: b"WEBP"}
-
-
-class StaleJobError(TransientError):
-    """The stored remote job can give no result (failed on Adobe's side, unknown to Adobe):
-    retry later with a NEW submission. `forget_job` tells the pipeline to clear the stored
-    `job_id`/`status_url`, so the next attempt submits instead of resuming."""
-
-    forget_job = True
-
-
-class JobTimedOutError(StaleJobError):
-    """The remote job did not finish within `photoshop.job_timeout`; resubmit next attempt."""
-
-
-class Clock(Protocol):
-    """Monotonic time and interruptible waits; tests inject one that needs no sleeping."""
-
-    def monotonic(self) -> float: ...
-
-    def wait(self, stop: threading.Event, seconds: float) -> bool:
-        """Wait up to `seconds`; True when `stop` is set (return at once then)."""
-        ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wait(self, stop: threading.Event, seconds: float) -> bool:
-        return stop.wait(max(seconds, 0.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,80 +65,6 @@ class PhotoshopStats:
     polls: int = 0
     succeeded: int = 0
     failed: int = 0
-
-
-class _ResubmitNeeded(Exception):
-    """Internal: the job's result is out of reach; one new submission may fix it."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    status: int
-    body: dict[str, Any]
-    headers: Mapping[str, str]
-
-    @property
-    def error_code(self) -> str:
-        return str(self.body.get("error_code") or self.body.get("error") or "")
-
-    def describe(self) -> str:
-        message = self.body.get("message") or self.body.get("error_description") or ""
-        return f"HTTP {self.status} {self.error_code or '-'}: {message}".rstrip(": ")
-
-
-@dataclass(slots=True)
-class _Slot:
-    finished_at: float | None = None
-
-
-class SubmitLimiter:
-    """At most `limit` submissions in any `period` seconds, shared by every thread.
-
-    A slot counts from when it is granted until `period` after its request finished, so
-    the server, which counts arrivals, never sees more than `limit` in one window.
-    """
-
-    def __init__(self, limit: int, period: float, clock: Clock) -> None:
-        self._limit, self._period, self._clock = limit, period, clock
-        self._lock = threading.Lock()
-        self._slots: list[_Slot] = []
-        self._paused_until = 0.0
-
-    @contextmanager
-    def slot(self, stop: threading.Event) -> Iterator[None]:
-        granted = self._acquire(stop)
-        try:
-            yield
-        finally:
-            with self._lock:
-                granted.finished_at = self._clock.monotonic()
-
-    def pause(self, seconds: float) -> None:
-        """Grant nothing for `seconds` (the server said Retry-After)."""
-        with self._lock:
-            self._paused_until = max(self._paused_until, self._clock.monotonic() + seconds)
-
-    def _acquire(self, stop: threading.Event) -> _Slot:
-        while True:
-            with self._lock:
-                delay = self._delay(self._clock.monotonic())
-                if delay <= 0:
-                    granted = _Slot()
-                    self._slots.append(granted)
-                    return granted
-            if self._clock.wait(stop, delay):
-                raise TransientError("stopped while waiting for a submission slot")
-
-    def _delay(self, now: float) -> float:
-        self._slots = [
-            s for s in self._slots if s.finished_at is None or s.finished_at > now - self._period
-        ]
-        if self._paused_until > now:
-            return self._paused_until - now
-        if len(self._slots) < self._limit:
-            return 0.0
-        finished = [s.finished_at for s in self._slots if s.finished_at is not None]
-        return min(finished) + self._period - now if finished else min(self._period, 0.05)
 
 
 class _TokenCache:
@@ -204,7 +110,7 @@ class PhotoshopEngine:
         register_secret(client_secret)
         self._clock: Clock = clock or SystemClock()
         self._own_session = session is None
-        self._session = session or _new_session(settings.max_in_flight)
+        self._session = session or new_session(settings.max_in_flight)
         self._tokens = _TokenCache(self, self._clock)
         self._limiter = SubmitLimiter(settings.submit_limit, settings.submit_period, self._clock)
         self._in_flight = threading.BoundedSemaphore(settings.max_in_flight)
@@ -253,7 +159,7 @@ class PhotoshopEngine:
                 )
             try:
                 return self._finish(job, submitted, resumed=resumed)
-            except _ResubmitNeeded as exc:  # e.g. the result URL expired before the download
+            except ResubmitNeededError as exc:  # e.g. the result URL expired before the download
                 return self._resubmit(job, submitted, str(exc))
 
     # -- one job ---------------------------------------------------------------------------
@@ -265,7 +171,7 @@ class PhotoshopEngine:
             self._count("failed")
             raise
         data = self._fetch_result(submitted.job_id, url)
-        _check_format(submitted.job_id, data, job.options.output_format)
+        check_format(submitted.job_id, data, job.options.output_format)
         self._count("succeeded")
         log.debug(
             "Adobe job %s succeeded (%d bytes)",
@@ -288,13 +194,13 @@ class PhotoshopEngine:
         )
         try:
             return self._finish(job, submitted, resumed=False)
-        except _ResubmitNeeded as exc:
+        except ResubmitNeededError as exc:
             raise StaleJobError(f"resubmitted once already ({reason}); then {exc}") from None
 
     def _submit(self, job: EngineJob) -> SubmittedJob:
         reply = self._post_submission(job)
         if reply.status != 202:
-            raise _submit_error(reply)
+            raise submit_error(reply)
         submitted = self._parse_submitted(reply)
         job.record_submission(submitted)  # persist, then poll: a restart resumes, never repays
         self._count("submissions")
@@ -305,7 +211,7 @@ class PhotoshopEngine:
         )
         return submitted
 
-    def _post_submission(self, job: EngineJob) -> _Reply:
+    def _post_submission(self, job: EngineJob) -> Reply:
         """POST the job, retrying 429s. Each try takes a fresh temporary link once its slot
         is granted: however long it waited (limiter, Retry-After), Adobe gets a live link."""
         url = self._settings.api_url.rstrip("/") + SUBMIT_PATH
@@ -317,7 +223,7 @@ class PhotoshopEngine:
                 reply = self._call("POST", url, json_body=body)
             if reply.status != 429:
                 return reply
-            retry_after = _retry_after(reply.headers, self._settings.submit_period)
+            retry_after = parse_retry_after(reply.headers, self._settings.submit_period)
             self._count("rate_limited")
             self._limiter.pause(retry_after)
             log.warning(
@@ -327,7 +233,7 @@ class PhotoshopEngine:
             )
         raise RateLimitedError("Adobe kept answering 429 Too Many Requests", retry_after)
 
-    def _parse_submitted(self, reply: _Reply) -> SubmittedJob:
+    def _parse_submitted(self, reply: Reply) -> SubmittedJob:
         job_id = reply.body.get("jobId")
         if not isinstance(job_id, str) or not job_id:
             raise TransientError(
@@ -342,7 +248,7 @@ class PhotoshopEngine:
         """Poll the job until it ends; the result URL on success."""
         settings = self._settings
         deadline = self._clock.monotonic() + settings.job_timeout
-        delays = _poll_delays(settings)
+        delays = poll_delays(settings)
         delay, failures = (0.0 if resumed else next(delays)), 0
         while True:
             if self._clock.wait(self._stop, delay):
@@ -353,9 +259,9 @@ class PhotoshopEngine:
                 raise TransientError(f"status of job {submitted.job_id} failed {failures} times")
             status = body.get("status") if body else None
             if body and status == "succeeded":
-                return _result_url(submitted.job_id, body)
+                return result_url(submitted.job_id, body)
             if body and status == "failed":
-                raise _failed_job_error(submitted.job_id, body, resumed=resumed)
+                raise failed_job_error(submitted.job_id, body, resumed=resumed)
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 raise JobTimedOutError(
@@ -381,7 +287,7 @@ class PhotoshopEngine:
             return reply.body
         if reply.status in (400, 404):
             message = f"Adobe does not know job {submitted.job_id} ({reply.describe()})"
-            raise _ResubmitNeeded(message) if resumed else StaleJobError(message)
+            raise ResubmitNeededError(message) if resumed else StaleJobError(message)
         log.warning(
             "status poll of job %s: %s",
             submitted.job_id,
@@ -395,7 +301,7 @@ class PhotoshopEngine:
         try:
             with self._session.get(url, timeout=self._settings.request_timeout) as response:
                 if response.status_code in EXPIRED_RESULT_STATUSES:
-                    raise _ResubmitNeeded(
+                    raise ResubmitNeededError(
                         f"the result URL of job {job_id} expired (HTTP {response.status_code})"
                     )
                 if response.status_code != 200:
@@ -406,7 +312,7 @@ class PhotoshopEngine:
         except requests.RequestException as exc:
             raise TransientError(
                 f"downloading the result of job {job_id} from {redact_url(url)} failed: "
-                f"{_describe_exception(exc)}"
+                f"{describe_exception(exc)}"
             ) from None
 
     # -- HTTP plumbing -----------------------------------------------------------------------
@@ -439,7 +345,7 @@ class PhotoshopEngine:
             )
         raise TransientError(f"Adobe IMS answered {reply.describe()}")
 
-    def _call(self, method: str, url: str, json_body: dict[str, Any] | None = None) -> _Reply:
+    def _call(self, method: str, url: str, json_body: dict[str, Any] | None = None) -> Reply:
         """An authenticated API request; a 401 renews the token and tries once more."""
         for renewed in (False, True):
             token = self._tokens.get()
@@ -469,20 +375,20 @@ class PhotoshopEngine:
         headers: dict[str, str] | None = None,
         data: dict[str, str] | None = None,
         json_body: dict[str, Any] | None = None,
-    ) -> _Reply:
+    ) -> Reply:
         timeout = self._settings.request_timeout
         try:
             with self._session.request(
                 method, url, headers=headers, data=data, json=json_body, timeout=timeout
             ) as response:
-                return _Reply(response.status_code, _json_object(response), response.headers)
+                return Reply(response.status_code, json_object(response), response.headers)
         except requests.Timeout:
             raise TransientError(
                 f"{method} {redact_url(url)} timed out after {timeout:g} s"
             ) from None
         except requests.RequestException as exc:
             raise TransientError(
-                f"{method} {redact_url(url)} failed: {_describe_exception(exc)}"
+                f"{method} {redact_url(url)} failed: {describe_exception(exc)}"
             ) from None
 
     @contextmanager
@@ -498,139 +404,6 @@ class PhotoshopEngine:
     def _count(self, name: str) -> None:
         with self._counts_lock:
             self._counts[name] += 1
-
-
-def request_body(
-    source_url: str, options: CutoutOptions, color_decontamination: float
-) -> dict[str, Any]:
-    """The JSON body of a Remove Background V2 submission. `output.mediaType` is always set:
-    left out, Adobe answers in the input's format (a JPEG, without alpha)."""
-    body: dict[str, Any] = {
-        "image": {"source": {"url": source_url}},
-        "mode": options.mode.value,
-        "output": {"mediaType": options.output_format.media_type},
-        "trim": options.trim,
-        "colorDecontamination": color_decontamination,
-    }
-    color = options.background_color
-    if color is not None and options.mode is Mode.CUTOUT:
-        body["backgroundColor"] = {
-            "red": color.red,
-            "green": color.green,
-            "blue": color.blue,
-            "alpha": 1,
-        }
-    return body
-
-
-def _poll_delays(settings: PhotoshopSettings) -> Iterator[float]:
-    """`poll_initial`, growing by `poll_multiplier` up to `poll_max`, then `poll_max` forever."""
-    delay = settings.poll_initial
-    while True:
-        yield min(delay, settings.poll_max)
-        delay *= settings.poll_multiplier
-
-
-def _new_session(max_in_flight: int) -> requests.Session:
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_in_flight + 4)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
-def _json_object(response: requests.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _describe_exception(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {redact(str(exc))}"
-
-
-def _retry_after(headers: Mapping[str, str], default: float) -> float:
-    """Seconds from a Retry-After header (a number or an HTTP date); `default` without one."""
-    value = headers.get("Retry-After")
-    if not value:
-        return default
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return default
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-
-
-def _submit_error(reply: _Reply) -> CutoutdError:
-    what = reply.describe()
-    if reply.status in (400, 422):
-        return PermanentItemError(f"Adobe rejected the image: {what}")
-    if reply.status == 403:
-        return TransientError(
-            f"Adobe refused the submission ({what}): quota exhausted, high traffic or the "
-            "project is not entitled; will retry later"
-        )
-    if reply.status in (404, 405):
-        return TransientError(f"Adobe answered {what} to a submission: check photoshop.api_url")
-    if reply.status >= 500:
-        return TransientError(f"Adobe had a server error: {what}")
-    return PermanentItemError(f"Adobe refused the submission: {what}")
-
-
-def _failed_job_error(job_id: str, body: dict[str, Any], *, resumed: bool) -> Exception:
-    """A failed job: permanent for validation-type codes, a fresh try for server-side ones."""
-    details = body.get("errorDetails") or body.get("errors") or []
-    if isinstance(details, dict):
-        details = [details]
-    codes, parts = [], []
-    for detail in details if isinstance(details, list) else []:
-        if isinstance(detail, dict):
-            code = str(
-                detail.get("errorCode") or detail.get("error_code") or detail.get("code") or ""
-            )
-            message = str(
-                detail.get("message") or detail.get("title") or detail.get("reason") or ""
-            )
-            codes.append(code)
-            parts.append(f"{code}: {message}" if code else message)
-    text = f"Adobe job {job_id} failed: {'; '.join(parts) or 'no error details'}"
-    if codes and not any(_is_server_side(code) for code in codes):
-        return PermanentItemError(text)
-    return _ResubmitNeeded(text) if resumed else StaleJobError(text)
-
-
-def _is_server_side(code: str) -> bool:
-    lowered = code.lower()
-    return lowered.startswith("5") or any(word in lowered for word in _SERVER_SIDE_WORDS)
-
-
-def _result_url(job_id: str, body: dict[str, Any]) -> str:
-    """`result.outputs[0].destination.url`, or the documented variant `outputs[0].url`."""
-    result = body.get("result")
-    outputs = result.get("outputs") if isinstance(result, dict) else body.get("outputs")
-    first = outputs[0] if isinstance(outputs, list) and outputs else None
-    if isinstance(first, dict):
-        destination = first.get("destination")
-        url = destination.get("url") if isinstance(destination, dict) else None
-        url = url or first.get("url")
-        if isinstance(url, str) and url:
-            return url
-    raise StaleJobError(f"Adobe job {job_id} succeeded without a result URL")
-
-
-def _check_format(job_id: str, data: bytes, output_format: OutputFormat) -> None:
-    signature = _SIGNATURES[output_format]
-    found = data[:8] == signature if output_format is OutputFormat.PNG else data[8:12] == signature
-    if not found:
-        raise PermanentItemError(
-            f"Adobe job {job_id} returned something other than {output_format.media_type}"
-        )
 
 
 def _context(job: EngineJob, event: str, job_id: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Reads go through a `LedgerReader` opened with `writer=False`: on SQLite (WAL) they take
 no lock a writer waits on, so they are safe while the daemon runs. Every query here is
 plain SQL that runs on SQLite and PostgreSQL; the one expression that differs (seconds
-between two timestamps) is compiled per dialect below.
+between two timestamps) is compiled per dialect in `audit_sql.py`.
 
 Scale: 1,000,000 revisions. `stats` counts from indexes (see 0002_audit_indexes) and
 reads table rows only for the failures in its window and for a latency sample: the
@@ -11,23 +11,20 @@ percentiles are exact up to LATENCY_SAMPLE successes, and beyond that come from 
 systematic sample of about that many (every k-th id, k a prime), which the result says;
 `exact=True` sorts every value instead (seconds at 1,000,000).
 
-The requeue commands (retry, reprocess) live in `requeue.py`.
+Value types live in `audit_values.py`, the portable SQL in `audit_sql.py`; both are
+re-exported here. The requeue commands (retry, reprocess) live in `requeue.py`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Float,
     Integer,
     Select,
     column,
@@ -37,175 +34,41 @@ from sqlalchemy import (
     select,
     values,
 )
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import ColumnElement
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
+from daemon.ledger.audit_sql import (
+    count_of,
+    glob_prefix,
+    glob_to_like,
+    periods,
+    seconds_between,
+    window,
+)
+from daemon.ledger.audit_values import (
+    OUTCOMES,
+    interpolate,
+    normalize_reason,
+    percentiles,
+    to_event,
+)
+from daemon.ledger.audit_values import AuditArgumentError as AuditArgumentError
+from daemon.ledger.audit_values import Bucket as Bucket
+from daemon.ledger.audit_values import Event as Event
+from daemon.ledger.audit_values import History as History
+from daemon.ledger.audit_values import ItemFilter as ItemFilter
+from daemon.ledger.audit_values import Percentiles as Percentiles
+from daemon.ledger.audit_values import Sort as Sort
+from daemon.ledger.audit_values import Stats as Stats
+from daemon.ledger.audit_values import Step as Step
 from daemon.ledger.queries import LedgerReader, to_item
 from daemon.ledger.schema import EventRow, ItemRow, UtcDateTime
 from daemon.models import Area, Item, ItemStatus
 
 LATENCY_SAMPLE = 10_000
 SUBMISSION_EVENTS = ("submitted", "resubmitted")
-OUTCOMES = (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.SKIPPED)
 # Revisions skipped as a duplicate (only dedupe writes this reason). Literal SQL, and no
 # status term, so that both databases count them from the partial index ix_items_duplicates.
 DUPLICATE_SKIP = (ItemRow.last_error.like(literal_column("'duplicate of %'")),)
-PERIODS = ("hour", "day", "month")
-MAX_PERIODS = 10_000
-
-
-class AuditArgumentError(ValueError):
-    """A usage error found against the ledger: no such path or id, a revision not in the
-    state the command needs, too many periods."""
-
-
-# -- portable SQL -------------------------------------------------------------------------
-
-
-class seconds_between(FunctionElement[float]):
-    """Seconds from the first timestamp to the second."""
-
-    type = Float()
-    inherit_cache = True
-
-
-@compiles(seconds_between)
-def _seconds_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
-    start, end = (compiler.process(c, **kw) for c in element.clauses)
-    return f"((julianday({end}) - julianday({start})) * 86400.0)"
-
-
-@compiles(seconds_between, "postgresql")
-def _seconds_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
-    start, end = (compiler.process(c, **kw) for c in element.clauses)
-    return f"CAST(EXTRACT(EPOCH FROM ({end} - {start})) AS DOUBLE PRECISION)"
-
-
-def glob_to_like(pattern: str) -> str:
-    """Shell glob (`*`, `?`) to a LIKE pattern with `\\` as escape; `*` also crosses `/`."""
-    special = {"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}
-    return "".join(special.get(ch, ch) for ch in pattern.lower())
-
-
-def glob_prefix(pattern: str) -> str:
-    return re.split(r"[*?]", pattern.lower(), maxsplit=1)[0]
-
-
-# -- values -------------------------------------------------------------------------------
-
-
-class Sort(StrEnum):
-    NEWEST = "newest"
-    OLDEST = "oldest"
-    PATH = "path"
-
-
-@dataclass(frozen=True, slots=True)
-class ItemFilter:
-    statuses: tuple[ItemStatus, ...] = ()
-    path_glob: str | None = None
-    since: datetime | None = None  # discovered at or after
-    until: datetime | None = None  # discovered before
-    engine: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    id: int
-    item_id: int
-    at: datetime
-    event: str
-    from_status: str | None
-    to_status: str | None
-    actor: str | None
-    detail: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """An event with the time since the previous event and since discovery."""
-
-    event: Event
-    since_previous: timedelta | None
-    since_start: timedelta
-
-
-@dataclass(frozen=True, slots=True)
-class History:
-    item: Item
-    events: tuple[Event, ...]
-
-    def steps(self) -> list[Step]:
-        if not self.events:
-            return []
-        start = self.events[0].at
-        previous: datetime | None = None
-        steps = []
-        for event in self.events:
-            gap = event.at - previous if previous is not None else None
-            steps.append(Step(event, gap, event.at - start))
-            previous = event.at
-        return steps
-
-
-@dataclass(frozen=True, slots=True)
-class Percentiles:
-    count: int  # revisions measured
-    sampled: int  # values the percentiles come from (== count when exact)
-    p50: float | None
-    p95: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    start: datetime  # the period's first instant (UTC)
-    outcomes: dict[ItemStatus, int]
-    submissions: int
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    since: datetime | None
-    until: datetime | None
-    counts: dict[ItemStatus, int]  # outcomes finished in the window; pending/processing now
-    first_finished: datetime | None
-    last_finished: datetime | None
-    images_per_hour: float | None
-    latency: Percentiles  # discovery -> output written
-    engine_latency: Percentiles  # claimed -> succeeded (the last attempt)
-    submissions: dict[str, int]  # submitted / resubmitted events: what Adobe bills
-    failures: list[tuple[str, int]]  # reason -> count, most frequent first
-    duplicates_skipped: int  # engine submissions saved
-    by: str | None = None
-    buckets: list[Bucket] = field(default_factory=list)
-
-    @property
-    def processed(self) -> int:
-        return sum(self.counts.get(status, 0) for status in OUTCOMES)
-
-
-def to_event(row: Any) -> Event:
-    detail = json.loads(row.detail) if row.detail else {}
-    return Event(
-        row.id, row.item_id, row.at, row.event, row.from_status, row.to_status, row.actor, detail
-    )
-
-
-def interpolate(value_at: Callable[[int], float], rank: float) -> float:
-    """The value at a fractional rank, linear between its neighbours (numpy's default)."""
-    low, high = math.floor(rank), math.ceil(rank)
-    return value_at(low) + (value_at(high) - value_at(low)) * (rank - low)
-
-
-def percentiles(values: Sequence[float], count: int) -> Percentiles:
-    ordered = sorted(values)
-    if not ordered:
-        return Percentiles(count, 0, None, None)
-    last = len(ordered) - 1
-    p50, p95 = (interpolate(ordered.__getitem__, last * p) for p in (0.5, 0.95))
-    return Percentiles(count, len(ordered), p50, p95)
 
 
 def sample_stride(count: int, target: int | None = None) -> int:
@@ -217,54 +80,6 @@ def sample_stride(count: int, target: int | None = None) -> int:
     while any(stride % d == 0 for d in range(2, math.isqrt(stride) + 1)):
         stride += 1
     return stride
-
-
-def normalize_reason(reason: str | None) -> str:
-    return re.sub(r"0x[0-9a-fA-F]+", "0x…", reason or "(no reason recorded)")
-
-
-def count_of(*conditions: Any) -> Any:
-    """`(SELECT count(*) FROM <table> WHERE ...)`: an index range count."""
-    return select(func.count()).where(*conditions).scalar_subquery()
-
-
-def period_start(moment: datetime, by: str) -> datetime:
-    moment = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    if by == "hour":
-        return moment
-    return moment.replace(hour=0) if by == "day" else moment.replace(day=1, hour=0)
-
-
-def next_period(start: datetime, by: str) -> datetime:
-    if by != "month":
-        return start + timedelta(hours=1 if by == "hour" else 24)
-    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-
-
-def periods(lower: datetime, end: datetime, by: str) -> list[tuple[datetime, datetime, datetime]]:
-    """(nominal start, start, stop) of each hour/day/month meeting [lower, end), clipped to
-    it so that a window's edges are respected."""
-    if by not in PERIODS:
-        raise AuditArgumentError(f"unknown period {by!r} (known: {', '.join(PERIODS)})")
-    bounds = []
-    start = period_start(lower, by)
-    while start < end:
-        stop = next_period(start, by)
-        bounds.append((start, max(start, lower), min(stop, end)))
-        if len(bounds) > MAX_PERIODS:
-            raise AuditArgumentError(
-                f"more than {MAX_PERIODS:,} periods; narrow the window with --since/--until "
-                "or use a coarser --by"
-            )
-        start = stop
-    return bounds
-
-
-def window(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
-    return [
-        *([column >= since] if since is not None else []),
-        *([column < until] if until is not None else []),
-    ]
 
 
 # -- the read side ------------------------------------------------------------------------

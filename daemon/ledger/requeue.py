@@ -32,7 +32,8 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import aliased
 
 from daemon.errors import AuthError, CutoutdError, LostClaimError
-from daemon.ledger.audit import AuditArgumentError, LedgerAudit, window
+from daemon.ledger.audit import AuditArgumentError, LedgerAudit
+from daemon.ledger.audit_sql import window
 from daemon.ledger.queries import to_item
 from daemon.ledger.schema import ItemRow
 from daemon.ledger.store import Ledger

@@ -1,4 +1,5 @@
-"""Dropbox storage: the only module that imports the `dropbox` SDK.
+"""Dropbox storage: the adapter, which with `dropbox_errors` (error translation) and
+`dropbox_auth` (credentials, authorization) is all that imports the `dropbox` SDK.
 
 Vendor types stay in here: callers get `RemoteFile`, `ChangeBatch` and plain paths, and
 every SDK or `requests` error is translated once, by `translate_error`, into the classes
@@ -19,8 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -29,24 +29,22 @@ import dropbox
 import requests
 from dropbox import exceptions as sdk_errors
 from dropbox import files as sdk_files
-from dropbox.oauth import DropboxOAuth2FlowNoRedirect
 
 from daemon.config import DropboxSettings
 from daemon.errors import (
-    AuthError,
     ConfigError,
     CursorResetError,
-    CutoutdError,
     ItemGoneError,
     PermanentItemError,
-    RateLimitedError,
     TransientError,
-    UnreachableError,
 )
 from daemon.hashing import content_hash_bytes
 from daemon.models import Area, Change, ChangeBatch, DeletedEntry, RemoteFile
-from daemon.secrets import read_secret, redact, register_secret
+from daemon.secrets import register_secret
 from daemon.storage.base import is_ignored_name
+from daemon.storage.dropbox_auth import DropboxCredentials as DropboxCredentials
+from daemon.storage.dropbox_auth import authorize_dropbox as authorize_dropbox
+from daemon.storage.dropbox_errors import VENDOR_ERRORS, api_error, tag_chain, translate_error
 
 log = logging.getLogger(__name__)
 
@@ -56,135 +54,6 @@ UPLOAD_CHUNK = 64 * MIB  # per upload-session call
 BATCH_SIZE = 1000  # entries per `files/move_batch_v2`
 LONGPOLL_GRACE = 10.0  # socket timeout beyond the longpoll's own (the server adds jitter)
 SAVE_URL_DEADLINE = 15 * 60.0  # Dropbox gives up on a `save_url` transfer after 15 minutes
-REAUTHORIZE = "run `cutoutd auth dropbox` and store the new DROPBOX_REFRESH_TOKEN"
-TRANSIENT_TAGS = frozenset(
-    {
-        "insufficient_space",
-        "internal_error",
-        "operation_suppressed",
-        "too_many_files",
-        "download_failed",
-        "locked",
-        "insufficient_quota",
-    }
-)
-VENDOR_ERRORS = (sdk_errors.DropboxException, requests.RequestException)
-
-
-@dataclass(frozen=True, slots=True)
-class DropboxCredentials:
-    """What the SDK needs to mint access tokens. `app_secret` is optional for PKCE tokens."""
-
-    app_key: str
-    app_secret: str | None = field(repr=False)
-    refresh_token: str = field(repr=False)
-
-    @classmethod
-    def from_environment(cls) -> DropboxCredentials:
-        app_key = read_secret("DROPBOX_APP_KEY")
-        refresh_token = read_secret("DROPBOX_REFRESH_TOKEN")
-        app_secret = read_secret("DROPBOX_APP_SECRET")
-        if not app_key or not refresh_token:
-            missing = [
-                name
-                for name, value in (
-                    ("DROPBOX_APP_KEY", app_key),
-                    ("DROPBOX_REFRESH_TOKEN", refresh_token),
-                )
-                if not value
-            ]
-            raise AuthError(
-                f"Dropbox credentials are missing: set {' and '.join(missing)} in the environment "
-                "or as systemd credentials (`cutoutd auth dropbox` prints them)."
-            )
-        return cls(app_key, app_secret, refresh_token)
-
-
-def tag_chain(value: Any) -> list[str]:
-    """The union tags along a stone error value: `['path', 'not_found']`."""
-    tags: list[str] = []
-    for _ in range(10):
-        tag = getattr(value, "_tag", None)
-        if isinstance(tag, str):
-            tags.append(tag)
-            value = getattr(value, "_value", None)
-            continue
-        fields = [_field(value, name) for name in sorted(getattr(value, "_all_field_names_", ()))]
-        value = next((v for v in fields if _is_union(v)), None)
-        if value is None:
-            break
-    return tags
-
-
-def _field(value: Any, name: str) -> Any:
-    try:
-        return getattr(value, name)
-    except Exception:  # stone raises on unset required fields
-        return None
-
-
-def _is_union(value: Any) -> bool:
-    return isinstance(getattr(value, "_tag", None), str)
-
-
-def translate_error(exc: BaseException, where: str) -> CutoutdError:
-    """The one place where vendor errors become `daemon.errors` (messages carry no secrets)."""
-    if isinstance(exc, sdk_errors.AuthError):
-        return _auth_error(exc)
-    if isinstance(exc, sdk_errors.RateLimitError):
-        reason = "/".join(tag_chain(exc.error)) or "too_many_requests"
-        return RateLimitedError(f"Dropbox rate limit ({reason}) on {where}", exc.backoff)
-    if isinstance(exc, sdk_errors.BadInputError):
-        text = redact(str(exc.message or ""))[:300]
-        if any(g in text for g in ("invalid_grant", "invalid_client", "unauthorized_client")):
-            return AuthError(
-                f"Dropbox rejected the app key, secret or refresh token: {REAUTHORIZE}"
-            )
-        return PermanentItemError(f"Dropbox rejected the request for {where}: {text}")
-    if isinstance(exc, sdk_errors.ApiError):
-        return _api_error(exc.error, where)
-    if isinstance(exc, sdk_errors.HttpError):
-        message = f"Dropbox answered HTTP {exc.status_code} on {where}"
-        transient = exc.status_code >= 500 or exc.status_code in (408, 425)
-        return TransientError(message) if transient else PermanentItemError(message)
-    if isinstance(exc, requests.ConnectionError):  # refused, reset: Dropbox, not this file
-        return UnreachableError(f"cannot reach Dropbox on {where} ({type(exc).__name__})")
-    if isinstance(exc, requests.RequestException):
-        return TransientError(f"cannot reach Dropbox on {where} ({type(exc).__name__})")
-    if isinstance(exc, CutoutdError):
-        return exc
-    return TransientError(f"unexpected {type(exc).__name__} from Dropbox on {where}")
-
-
-def _auth_error(exc: Any) -> AuthError:
-    tags = tag_chain(exc.error)
-    if "missing_scope" in tags:
-        return AuthError(
-            "the Dropbox app lacks a permission it needs (files.content.read, "
-            f"files.content.write, files.metadata.read): enable it, then {REAUTHORIZE}"
-        )
-    if "expired_access_token" in tags:
-        return AuthError(
-            "Dropbox keeps rejecting fresh access tokens as expired: check the system clock, "
-            f"or {REAUTHORIZE}"
-        )
-    if "user_suspended" in tags:
-        return AuthError("the Dropbox account is suspended")
-    return AuthError(f"Dropbox rejected the refresh token (revoked or wrong): {REAUTHORIZE}")
-
-
-def _api_error(error: Any, where: str) -> CutoutdError:
-    tags = tag_chain(error)
-    summary = "/".join(tags) or "unknown error"
-    if "too_many_write_operations" in tags:
-        return RateLimitedError(f"Dropbox is busy writing in this folder ({summary}) on {where}")
-    if tags[:1] == ["reset"]:
-        return CursorResetError(f"the Dropbox cursor was reset on {where}")
-    if "not_found" in tags:
-        return ItemGoneError(f"{where}: not found in Dropbox ({summary})")
-    if TRANSIENT_TAGS.intersection(tags):
-        return TransientError(f"Dropbox could not complete {where} for now ({summary})")
-    return PermanentItemError(f"Dropbox refused {where} ({summary})")
 
 
 class DropboxStorage:
@@ -420,7 +289,7 @@ class DropboxStorage:
             if status.is_complete():
                 return status.get_complete()
             if status.is_failed():
-                raise _api_error(status.get_failed(), f"save_url {target}")
+                raise api_error(status.get_failed(), f"save_url {target}")
         raise TransientError(f"Dropbox did not finish fetching {target} in time")
 
     def _replace(self, area: Area, source: str, target: str) -> str:
@@ -480,7 +349,7 @@ class DropboxStorage:
                     results.append(self._relative(area, entry.get_success().path_display))
                 else:
                     where = f"move {self._full(Area.INPUT, file.path)}"
-                    results.append(_api_error(entry.get_failure(), where))
+                    results.append(api_error(entry.get_failure(), where))
         return results
 
     def _move_batch(self, entries: list[Any], area: Area) -> list[Any]:
@@ -546,41 +415,3 @@ class DropboxStorage:
         if result.backoff:
             stop.wait(result.backoff)
         return bool(result.changes)
-
-
-def authorize_dropbox(
-    app_key: str,
-    app_secret: str | None,
-    read_code: Callable[[str], str],
-    session: requests.Session | None = None,
-) -> dict[str, str]:
-    """OAuth2 PKCE without redirect: show the URL, read the code, return the env lines."""
-    flow = DropboxOAuth2FlowNoRedirect(app_key, use_pkce=True, token_access_type="offline")
-    if session is not None:
-        flow.requests_session.close()
-        flow.requests_session = session
-    try:
-        code = read_code(flow.start()).strip()
-        if not code:
-            raise AuthError("no authorization code was entered: run `cutoutd auth dropbox` again")
-        result = flow.finish(code)
-    except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        raise AuthError(
-            f"Dropbox did not accept that authorization code (HTTP {status}: expired, already "
-            "used, mistyped, or for another app key): run `cutoutd auth dropbox` again"
-        ) from None
-    except requests.RequestException as exc:
-        name = type(exc).__name__
-        raise TransientError(f"cannot reach Dropbox to finish authorizing ({name})") from None
-    finally:
-        if session is None:
-            flow.requests_session.close()
-    if not result.refresh_token:
-        raise AuthError("Dropbox issued no refresh token: the app must allow offline access")
-    register_secret(result.refresh_token)
-    register_secret(result.access_token)
-    lines = {"DROPBOX_APP_KEY": app_key, "DROPBOX_REFRESH_TOKEN": result.refresh_token}
-    if app_secret:
-        lines["DROPBOX_APP_SECRET"] = app_secret
-    return lines

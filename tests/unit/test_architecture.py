@@ -29,6 +29,12 @@ def imports_of(path: Path) -> set[str]:
 
 
 MODULES = {module_name(p): imports_of(p) for p in sorted(PACKAGE.rglob("*.py"))}
+# The Dropbox adapter: the storage class, its error translation and its credentials.
+DROPBOX_ADAPTER = (
+    "daemon.storage.dropbox",
+    "daemon.storage.dropbox_errors",
+    "daemon.storage.dropbox_auth",
+)
 
 
 def importers(target: str) -> set[str]:
@@ -43,7 +49,7 @@ def test_the_package_and_its_imports_are_found() -> None:
     assert {"daemon.cli", "daemon.service", "daemon.pipeline", "daemon.ledger.store"} <= set(
         MODULES
     )
-    assert importers("dropbox") == {"daemon.storage.dropbox"}
+    assert importers("dropbox") == set(DROPBOX_ADAPTER)
     assert importers("daemon.service") == {"daemon.cli"}  # lazily, inside the commands
 
 
@@ -51,7 +57,12 @@ def test_the_package_and_its_imports_are_found() -> None:
     ("target", "allowed"),
     [
         ("daemon.service", ("daemon.cli",)),
-        ("dropbox", ("daemon.storage.dropbox",)),
+        ("dropbox", DROPBOX_ADAPTER),
+        # the adapter's helpers are reached only through daemon.storage.dropbox
+        ("daemon.storage.dropbox_errors", DROPBOX_ADAPTER),
+        ("daemon.storage.dropbox_auth", DROPBOX_ADAPTER),
+        # the builders serve the composition root and the commands, nothing else
+        ("daemon.compose", ("daemon.service", "daemon.cli")),
         ("sqlalchemy", ("daemon.ledger",)),
         ("alembic", ("daemon.ledger",)),
         ("onnxruntime", ("daemon.engines.local",)),
@@ -74,7 +85,14 @@ def test_the_core_does_not_import_adapters() -> None:
         "daemon.engines.local",
         "daemon.engines.photoshop",
     )
-    core = ("daemon.pipeline", "daemon.models", "daemon.errors", "daemon.config")
+    core = (
+        "daemon.pipeline",
+        "daemon.relocation",
+        "daemon.models",
+        "daemon.errors",
+        "daemon.config",
+        "daemon.config_reader",
+    )
     for name in core:
         bad = sorted(i for i in MODULES[name] if i.startswith(adapters))
         assert bad == [], f"{name} imports {bad}"
