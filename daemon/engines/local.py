@@ -7,21 +7,20 @@ with other rembg forks, and honours a `U2NET_HOME` override we do not want).
 onnxruntime, numpy and Pillow come with the `local` extra. They are imported lazily, so that
 `import daemon.engines.local` works without them and `start()` can say what to install.
 
-Concurrency and memory (2 cores, see docs/benchmarks.md): up to `workers` images are in the
-engine at once, up to `model_runs` of them in the model (default min(workers, cores, 2)), each
-run on `cores // model_runs` intra-op threads. Two single-threaded runs side by side cost
-~15 % less CPU per image than one run on both cores (no barrier after every operator, and
-no thread waits when another process takes a core); the other images' decoding, resizing,
-compositing and encoding fill the gaps.
+Concurrency and memory (2 cores; figures in docs/benchmarks.md): up to `workers` images are
+in the engine, up to `model_runs` of them in the model (default min(workers, cores, 2)), each
+run on `cores // model_runs` intra-op threads. Two single-threaded runs cost ~5 % less CPU
+per image than one run on both cores (no barrier after every operator), and the other
+images' decoding, resizing, compositing and encoding fill the gaps.
 
-A run holds up to ~250 MB of activations, most of it in its second half (the decoder at
-320x320 keeps every encoder stage's skip tensor), so `ModelGate` starts runs half a run
-apart. onnxruntime's CPU arena keeps that memory between runs (without it every run
-page-faults it afresh: ~25 % more CPU). One arena serves the whole process, registered with
-onnxruntime's environment and grown by exactly what is asked (a session's own arena grows in
-powers of two: ~100 MB more at two runs). After `idle_release` seconds without images the
-engine runs the model once more with arena shrinkage on, which hands the arena back to the
-OS (~130 MB resident while idle).
+A run holds up to ~250 MB of activations, mostly in its second half (the decoder at 320x320
+keeps every encoder stage's skip tensor), so `ModelGate` starts runs half a run apart. The
+CPU arena keeps that memory between runs (without it each run page-faults it afresh: ~25 %
+more CPU). One arena, registered with onnxruntime's environment, serves the process and
+grows by exactly what is asked (a session's own arena grows in powers of two: ~80 MB more
+at two runs). After `idle_release` seconds without images the engine runs the model once
+more, alone, with arena shrinkage on, which hands the arena back to the OS (~130 MB
+resident while idle).
 """
 
 from __future__ import annotations
@@ -161,30 +160,34 @@ class ModelGate:
         self.typical: float | None = None  # seconds, exponential mean of finished runs
         self._clock = clock
         self._started: dict[int, float] = {}
+        self._alone = False  # a run that must be the only one is in the model
         self._tickets = itertools.count()
         self._changed = threading.Condition()
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self, *, alone: bool = False) -> Iterator[None]:
+        """Hold a place in the model; `alone`: wait for the model to empty, keep it empty."""
         with self._changed:
-            while (wait := self._wait_before_start()) is not None:
+            while (wait := self._wait_before_start(alone)) is not None:
                 self._changed.wait(wait or None)
             ticket = next(self._tickets)
             self._started[ticket] = self._clock()
+            self._alone = alone
         try:
             yield
         finally:
             with self._changed:
                 seconds = self._clock() - self._started.pop(ticket)
+                self._alone = False
                 typical = self.typical
                 self.typical = seconds if typical is None else 0.2 * seconds + 0.8 * typical
                 self._changed.notify_all()
 
-    def _wait_before_start(self) -> float | None:
+    def _wait_before_start(self, alone: bool) -> float | None:
         """None: start now; 0: wait for a run to finish; else at most this many seconds."""
         if not self._started:
             return None
-        if len(self._started) >= self.runs or self.typical is None:
+        if alone or self._alone or len(self._started) >= self.runs or self.typical is None:
             return 0
         gap = self.STAGGER / self.runs * self.typical
         youngest = self._clock() - max(self._started.values())
@@ -248,22 +251,10 @@ class LocalEngine:
         # Idle pool threads spin only when nothing else of ours wants the cores.
         spin = self.workers == self.model_runs == 1
         self._session = open_session(path, self.threads, spin=spin, shared_arena=shared_arena)
-        log.info(
-            "local engine ready: %s, %d model run(s) of %d thread(s), %d worker(s)",
-            self.model,
-            self.model_runs,
-            self.threads,
-            self.workers,
-            extra={
-                "event": "engine.started",
-                "engine": self.name,
-                "model": self.model,
-                "model_path": str(path),
-                "model_runs": self.model_runs,
-                "threads": self.threads,
-                "workers": self.workers,
-            },
-        )
+        counts = {"model_runs": self.model_runs, "threads": self.threads, "workers": self.workers}
+        extra = {"event": "engine.started", "engine": self.name, "model": self.model, **counts}
+        extra["model_path"] = str(path)
+        log.info("local engine ready: %s with %s", self.model, counts, extra=extra)
 
     def cut_out(self, job: EngineJob) -> CutoutResult:
         from daemon import imaging
@@ -318,7 +309,7 @@ class LocalEngine:
                     return
                 session = self._session
             blank = np.zeros((1, 3, MODEL_SIDE, MODEL_SIDE), np.float32)
-            with self._gate.admit():
+            with self._gate.admit(alone=True):  # nothing else allocates while it shrinks
                 run_model(session, blank, shrink_arena=True)
             self.idle_releases += 1
         log.debug(
@@ -343,6 +334,8 @@ def open_session(path: Path, threads: int, *, spin: bool, shared_arena: bool) ->
     options.inter_op_num_threads = 1
     if shared_arena:
         options.add_session_config_entry("session.use_env_allocators", "1")
+    # Weights outside the arena, so that shrinking it never has to step around them.
+    options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     if not spin:  # idle model threads must not burn the cores other images are encoded on
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:

@@ -277,12 +277,12 @@ class FakeClock:
         return self.now
 
 
-def hold(gate: ModelGate) -> tuple[threading.Event, threading.Event]:
+def hold(gate: ModelGate, *, alone: bool = False) -> tuple[threading.Event, threading.Event]:
     """Start a thread that enters the gate and stays in until the second event is set."""
     entered, leave = threading.Event(), threading.Event()
 
     def body() -> None:
-        with gate.admit():
+        with gate.admit(alone=alone):
             entered.set()
             leave.wait(10)
 
@@ -322,6 +322,24 @@ def test_model_gate_starts_runs_half_a_run_apart_and_at_most_runs_at_once() -> N
     assert c_in.wait(5)
     b_out.set()
     c_out.set()
+
+
+def test_model_gate_runs_alone_after_the_runs_in_flight_and_before_the_next() -> None:
+    clock = FakeClock()
+    gate = ModelGate(2, clock)
+    gate.typical = 1.0
+    a_in, a_out = hold(gate)
+    assert a_in.wait(5)
+    alone_in, alone_out = hold(gate, alone=True)
+    assert not alone_in.wait(0.2)  # waits for `a` to leave
+    a_out.set()
+    assert alone_in.wait(5)
+    clock.now += 5.0
+    b_in, b_out = hold(gate)
+    assert not b_in.wait(0.2)  # nothing joins a run that must be alone
+    alone_out.set()
+    assert b_in.wait(5)
+    b_out.set()
 
 
 def test_default_concurrency_follows_the_cores() -> None:
