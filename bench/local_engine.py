@@ -16,9 +16,10 @@ peak RSS) over the same files, writing PNG cutouts to disk:
   defaults (on 2 cores: two single-threaded model runs at once, staggered); `engine-wNrR`
   the same with `model_runs=R` (`engine-w2r1`: one run at a time on both cores).
 
-Two images per variant warm up first and are not timed; session loading is not timed.
-Rounds alternate the variants so that drift on a shared machine hits all of them alike;
-the figures are medians over rounds. `--profile` also times each stage on one thread.
+Two images per variant warm up first and are not timed, nor is loading. Rounds alternate
+the variants so that drift on a shared machine hits all of them alike; the figures are
+medians over rounds, with the cores other processes used meanwhile (/proc/stat). `--profile`
+also times each stage on one thread. Figures and their reading: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from daemon import imaging
 from daemon.engines import local
 from daemon.engines.local import LocalEngine, mask_image, model_input, run_model
-from daemon.models import CutoutOptions, EngineJob, Item, ItemStatus, SubmittedJob
+from daemon.models import CutoutOptions, EngineJob, Item, ItemStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,7 +135,7 @@ def rembg_remove(session: Any, data: bytes) -> bytes:
 
 def make_sequential(use_rembg_lib: bool) -> Callable[[list[Path], Path], None]:
     if use_rembg_lib:  # the installed lite package's own code, for a cross-check only
-        from rembg import new_session, remove
+        from rembg import new_session, remove  # type: ignore[import-untyped]
 
         lib_session = new_session("u2netp")
 
@@ -162,14 +163,11 @@ def job_for(path: Path) -> EngineJob:
         1, path.name, path.name.lower(), "rev", "hash", 0, ItemStatus.PROCESSING, 0, None,
         None, "local", None, None, None, now, now, None, None, None,
     )  # fmt: skip
+    return EngineJob(item, CutoutOptions(), path.read_bytes, refuse, refuse)
 
-    def no_link() -> str:
-        raise AssertionError("the local engine needs no link")
 
-    def no_submission(job: SubmittedJob) -> None:
-        raise AssertionError("the local engine submits nothing")
-
-    return EngineJob(item, CutoutOptions(), path.read_bytes, no_link, no_submission)
+def refuse(*_: object) -> Any:
+    raise AssertionError("the local engine needs no link and submits nothing")
 
 
 def make_engine(variant: str, threads: int | None) -> LocalEngine:

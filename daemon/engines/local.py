@@ -146,12 +146,9 @@ def register_process_arena() -> bool:
 
 
 class ModelGate:
-    """Admits up to `runs` model runs at once, spread out in time.
-
-    A run may start once every run in flight has been going for `STAGGER / runs` of a
-    typical run (the running mean of finished ones), so that the runs' memory peaks, late in
-    each run, do not coincide; until the first run has finished, one at a time.
-    """
+    """Admits up to `runs` model runs at once, each once every run in flight has been going
+    for `STAGGER / runs` of a typical run (the running mean of finished ones), so that their
+    memory peaks, late in each run, do not coincide; one at a time until a run has finished."""
 
     STAGGER = 1.0  # share of a run that the runs in flight split between them
 
@@ -161,15 +158,19 @@ class ModelGate:
         self._clock = clock
         self._started: dict[int, float] = {}
         self._alone = False  # a run that must be the only one is in the model
+        self._waiting_alone = 0  # such runs waiting: they go before any other
         self._tickets = itertools.count()
         self._changed = threading.Condition()
 
     @contextmanager
     def admit(self, *, alone: bool = False) -> Iterator[None]:
-        """Hold a place in the model; `alone`: wait for the model to empty, keep it empty."""
+        """Hold a place in the model; `alone`: wait for the runs in flight to finish (no new
+        ones start meanwhile), and keep the model to itself."""
         with self._changed:
+            self._waiting_alone += alone
             while (wait := self._wait_before_start(alone)) is not None:
                 self._changed.wait(wait or None)
+            self._waiting_alone -= alone
             ticket = next(self._tickets)
             self._started[ticket] = self._clock()
             self._alone = alone
@@ -185,6 +186,8 @@ class ModelGate:
 
     def _wait_before_start(self, alone: bool) -> float | None:
         """None: start now; 0: wait for a run to finish; else at most this many seconds."""
+        if self._waiting_alone and not alone:
+            return 0
         if not self._started:
             return None
         if alone or self._alone or len(self._started) >= self.runs or self.typical is None:
@@ -288,7 +291,8 @@ class LocalEngine:
     def _leave(self) -> None:
         with self._lock:
             self._in_engine -= 1
-            if self._in_engine == 0 and self.idle_release is not None and self._session:
+            idle = self._in_engine == 0 and self._session is not None
+            if idle and self.idle_release is not None:
                 self._idle_timer = threading.Timer(self.idle_release, self._release_if_idle)
                 self._idle_timer.daemon = True
                 self._idle_timer.start()
@@ -310,6 +314,9 @@ class LocalEngine:
                 session = self._session
             blank = np.zeros((1, 3, MODEL_SIDE, MODEL_SIDE), np.float32)
             with self._gate.admit(alone=True):  # nothing else allocates while it shrinks
+                with self._lock:
+                    if self._in_engine:  # images came meanwhile: they will use the arena
+                        return
                 run_model(session, blank, shrink_arena=True)
             self.idle_releases += 1
         log.debug(

@@ -324,7 +324,7 @@ def test_model_gate_starts_runs_half_a_run_apart_and_at_most_runs_at_once() -> N
     c_out.set()
 
 
-def test_model_gate_runs_alone_after_the_runs_in_flight_and_before_the_next() -> None:
+def test_model_gate_runs_alone_after_the_runs_in_flight_and_before_any_other() -> None:
     clock = FakeClock()
     gate = ModelGate(2, clock)
     gate.typical = 1.0
@@ -332,10 +332,11 @@ def test_model_gate_runs_alone_after_the_runs_in_flight_and_before_the_next() ->
     assert a_in.wait(5)
     alone_in, alone_out = hold(gate, alone=True)
     assert not alone_in.wait(0.2)  # waits for `a` to leave
-    a_out.set()
-    assert alone_in.wait(5)
     clock.now += 5.0
     b_in, b_out = hold(gate)
+    assert not b_in.wait(0.2)  # `a` is old enough, but the lone run goes first
+    a_out.set()
+    assert alone_in.wait(5)
     assert not b_in.wait(0.2)  # nothing joins a run that must be alone
     alone_out.set()
     assert b_in.wait(5)

@@ -181,6 +181,12 @@ def test_text_is_not_an_image() -> None:
         decode_image(b"this is a text file named photo.png\n")
 
 
+def test_heic_is_named_as_unsupported() -> None:
+    ftyp = struct.pack(">I", 24) + b"ftypheic" + struct.pack(">I", 0) + b"mif1heic"
+    with pytest.raises(PermanentItemError, match="unsupported image format HEIC/HEIF"):
+        decode_image(ftyp + b"\x00" * 64)
+
+
 def test_truncated_jpeg_is_reported_as_truncated() -> None:
     image, _ = scene((300, 200))
     data = encoded(image, "JPEG", quality=95)
