@@ -49,7 +49,13 @@ def build_engine(settings: Settings, stop: threading.Event) -> Engine:
     from daemon.engines.local import LocalEngine
 
     engine = settings.engine
-    return LocalEngine(workers=engine.workers, model=engine.model, max_pixels=engine.max_pixels)
+    return LocalEngine(
+        workers=engine.workers,
+        model=engine.model,
+        max_pixels=engine.max_pixels,
+        model_runs=engine.model_runs or None,
+        idle_release=engine.idle_release or None,
+    )
 
 
 def worker_count(settings: Settings) -> int:

@@ -45,6 +45,8 @@ class EngineSettings:
     workers: int = 2
     model: str = "u2netp"
     max_pixels: int = 50_000_000
+    model_runs: int = 0  # 0: automatic, min(workers, cores, 2)
+    idle_release: float = 10.0  # 0: keep the model's working memory while idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,8 @@ def _read_engine(data: Mapping[str, Any], problems: list[str]) -> EngineSettings
         workers=r.get("workers", 2, int, at_least_one),
         model=r.choice("model", "u2netp", ("u2netp", "u2net")),
         max_pixels=r.get("max_pixels", 50_000_000, int, at_least_one),
+        model_runs=r.get("model_runs", 0, int, non_negative),
+        idle_release=r.get("idle_release", 10.0, float, non_negative),
     )
     r.finish()
     return settings

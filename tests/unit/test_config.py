@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import tomllib
 from pathlib import Path
 
@@ -111,3 +112,20 @@ def test_retry_delay_grows_and_caps() -> None:
         {"retry": {"backoff_initial": 10, "backoff_multiplier": 3, "backoff_max": 60}}
     ).retry
     assert [retry.delay_after(n) for n in (1, 2, 3, 4)] == [10, 30, 60, 60]
+
+
+def test_local_engine_memory_settings() -> None:
+    from daemon.compose import build_engine
+
+    assert (load_settings(None).engine.model_runs, load_settings(None).engine.idle_release) == (
+        0,
+        10.0,
+    )
+    settings = parse_settings({"engine": {"workers": 2, "model_runs": 1, "idle_release": 0}})
+    engine = build_engine(settings, threading.Event())
+    assert getattr(engine, "model_runs", None) == 1
+    assert getattr(engine, "idle_release", "unset") is None  # 0: never release
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"engine": {"model_runs": -1, "idle_release": -5}})
+    assert any(p.startswith("engine.model_runs:") for p in caught.value.problems)
+    assert any(p.startswith("engine.idle_release:") for p in caught.value.problems)
