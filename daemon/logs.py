@@ -15,11 +15,21 @@ RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) |
 
 
 class RedactingFilter(logging.Filter):
-    """Scrub registered secrets and URL query strings from the message and context."""
+    """Scrub registered secrets and URL query strings from the message, the context, and
+    tracebacks (an exception's text may quote a signed URL or a token)."""
+
+    _tracebacks = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = None
+        if record.exc_info:  # formatted once here; formatters print `exc_text` as it is
+            record.exc_text = redact(self._tracebacks.formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         for key, value in list(record.__dict__.items()):
             if key not in RESERVED and isinstance(value, str):
                 setattr(record, key, redact(value))

@@ -45,3 +45,25 @@ def test_journald_priority_prefix(
     line = capsys.readouterr().err
     assert line.startswith("<3>{")
     assert json.loads(line[3:])["event"] == "item.failed"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_tracebacks_are_scrubbed(
+    fmt: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    register_secret("ims-token-in-a-traceback")
+    configure_logging("INFO", fmt)
+    try:
+        raise RuntimeError(
+            "GET https://results.example.com/out.png?X-Amz-Signature=deadbeef failed "
+            "with Authorization: Bearer ims-token-in-a-traceback"
+        )
+    except RuntimeError:
+        logging.getLogger("daemon.test").exception("download failed")
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "RuntimeError" in err
+    assert "deadbeef" not in err and "ims-token-in-a-traceback" not in err
+    assert "out.png?<redacted>" in err
+    if fmt == "json":
+        assert "RuntimeError" in json.loads(err)["exc_info"]
