@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import requests
 
@@ -48,7 +47,7 @@ if str(REPO) not in sys.path:  # the fakes live in the test tree
     sys.path.insert(0, str(REPO))
 
 from tests.fakes.dropbox_server import FakeDropbox  # noqa: E402
-from tests.fakes.photoshop_server import FakePhotoshop  # noqa: E402
+from tests.fakes.photoshop_server import FakePhotoshop, source_name  # noqa: E402
 from tests.helpers import alpha_iou, encode, shape_image  # noqa: E402
 
 ROOT = "/RemoveBGProcess"
@@ -127,15 +126,7 @@ def write_config(path: Path, adobe: FakePhotoshop, scenario: Scenario) -> None:
 
 
 def environment(dropbox: FakeDropbox, adobe: FakePhotoshop) -> dict[str, str]:
-    return {
-        **os.environ,
-        **dropbox.sdk_environment(),
-        "DROPBOX_APP_KEY": dropbox.app_key,
-        "DROPBOX_APP_SECRET": dropbox.app_secret or "",
-        "DROPBOX_REFRESH_TOKEN": dropbox.refresh_token,
-        "CLIENT_ID": adobe.client_id,
-        "CLIENT_SECRET": adobe.client_secret,
-    }
+    return {**os.environ, **dropbox.daemon_environment(), **adobe.daemon_environment()}
 
 
 def report_progress(dropbox: FakeDropbox, adobe: FakePhotoshop, done: threading.Event) -> None:
@@ -198,7 +189,7 @@ def run_daemon(
         jobs = list(adobe.jobs.values())
         polls, limited = adobe.status_polls, adobe.rate_limited
     times = sorted(job.created for job in jobs)
-    per_image = Counter(unquote(job.source_url.rsplit("/", 1)[1]) for job in jobs)
+    per_image = Counter(source_name(job) for job in jobs)
     rate, span, intervals = steady_rate(times)
     summary = result.stdout.decode().strip()
     return {

@@ -300,11 +300,19 @@ def _open_audit(settings: Settings) -> Iterator[LedgerAudit]:
 
     audit = LedgerAudit(open_ledger_reader(settings))
     try:
-        yield audit
-    except AuditArgumentError as exc:
-        raise UsageError(str(exc)) from None
+        with _usage_errors(AuditArgumentError):
+            yield audit
     finally:
         audit.close()
+
+
+@contextmanager
+def _usage_errors(kind: type[Exception]) -> Iterator[None]:
+    """Errors of `kind` were caused by the user's arguments: exit 2 with their message."""
+    try:
+        yield
+    except kind as exc:
+        raise UsageError(str(exc)) from None
 
 
 def command_ledger_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -397,9 +405,8 @@ def _open_requeuer(settings: Settings) -> Iterator[Requeuer]:
     actor = _actor()
     requeuer = Requeuer(Ledger(ledger_url(settings), node_id=actor), build_storage(settings), actor)
     try:
-        yield requeuer
-    except AuditArgumentError as exc:
-        raise UsageError(str(exc)) from None
+        with _usage_errors(AuditArgumentError):
+            yield requeuer
     finally:
         requeuer.close()
 

@@ -56,12 +56,7 @@ def put_images(fake: FakeDropbox, names: list[str], seed: int = 0) -> dict[str, 
 
 
 def run_once(fake: FakeDropbox, config: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **fake.sdk_environment(),
-        "DROPBOX_APP_KEY": fake.app_key,
-        "DROPBOX_APP_SECRET": fake.app_secret or "",
-        "DROPBOX_REFRESH_TOKEN": fake.refresh_token,
-    }
+    env = fake.daemon_environment()
     result = run_cutoutd("--config", str(config), "run", "--once", env=env)
     assert fake.refresh_token not in result.stderr
     assert not any(token in result.stderr for token in fake.access_tokens)
@@ -165,8 +160,7 @@ def test_run_picks_up_a_new_upload_through_longpoll(fake: FakeDropbox, tmp_path:
         f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.sqlite3"}"\n'
         '[dropbox]\nlongpoll_timeout = 30\n[log]\nformat = "json"\n'
     )
-    env = {**os.environ, **fake.sdk_environment(), "DROPBOX_APP_KEY": fake.app_key,
-           "DROPBOX_APP_SECRET": fake.app_secret or "", "DROPBOX_REFRESH_TOKEN": fake.refresh_token}  # fmt: skip
+    env = {**os.environ, **fake.daemon_environment()}
     process = subprocess.Popen([CUTOUTD, "--config", str(config), "run"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:

@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -71,14 +70,7 @@ def ledger_file(tmp_path: Path) -> Path:
 
 
 def environment(dropbox: FakeDropbox, adobe: FakePhotoshop) -> dict[str, str]:
-    return {
-        **dropbox.sdk_environment(),
-        "DROPBOX_APP_KEY": dropbox.app_key,
-        "DROPBOX_APP_SECRET": dropbox.app_secret or "",
-        "DROPBOX_REFRESH_TOKEN": dropbox.refresh_token,
-        "CLIENT_ID": adobe.client_id,
-        "CLIENT_SECRET": adobe.client_secret,
-    }
+    return {**dropbox.daemon_environment(), **adobe.daemon_environment()}
 
 
 def put_images(dropbox: FakeDropbox, count: int) -> dict[str, np.ndarray]:
@@ -97,13 +89,6 @@ def put_images(dropbox: FakeDropbox, count: int) -> dict[str, np.ndarray]:
         dropbox.put_file(f"{ROOT}/input/{name}", encode(image, "JPEG", quality=95))
         masks[name] = mask
     return masks
-
-
-def submissions_by_name(adobe: FakePhotoshop) -> Counter[str]:
-    """Accepted submissions per input file. Every attempt sends a fresh temporary link
-    (`https://<dropbox>/tl/<token>/<name>`), so count by the link's last segment."""
-    with adobe.lock:
-        return Counter(unquote(job.source_url.rsplit("/", 1)[1]) for job in adobe.jobs.values())
 
 
 def output_of(name: str) -> str:
@@ -137,7 +122,7 @@ def test_run_once_submits_each_image_once_within_the_rate_limit(
     assert result.stdout.strip() == (
         f"processed {IMAGES}: {IMAGES} succeeded, 0 failed, 0 skipped; 0 still pending"
     )
-    assert submissions_by_name(adobe) == Counter(dict.fromkeys(masks, 1))
+    assert adobe.submissions_by_name() == Counter(dict.fromkeys(masks, 1))
     assert adobe.submissions == IMAGES
     assert adobe.rate_limited == 0  # the engine's limiter (2 per period) keeps under 3
     assert_cut_out(dropbox, masks)
@@ -198,7 +183,7 @@ def test_restart_resumes_in_flight_jobs_without_resubmitting(
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("processed 3: 3 succeeded"), result.stdout
     assert result.stderr.count('"cutout.resumed"') == len(masks)
-    assert submissions_by_name(adobe) == Counter(dict.fromkeys(masks, 1))
+    assert adobe.submissions_by_name() == Counter(dict.fromkeys(masks, 1))
     assert adobe.submissions == len(masks)
     assert_cut_out(dropbox, masks)
     rows = ledger_rows(config)

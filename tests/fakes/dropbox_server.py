@@ -489,6 +489,15 @@ class FakeDropbox:
             env["CURL_CA_BUNDLE"] = self.ca_path
         return env
 
+    def daemon_environment(self) -> dict[str, str]:
+        """`sdk_environment()` plus the credentials a `cutoutd` process needs."""
+        return {
+            **self.sdk_environment(),
+            "DROPBOX_APP_KEY": self.app_key,
+            "DROPBOX_APP_SECRET": self.app_secret or "",
+            "DROPBOX_REFRESH_TOKEN": self.refresh_token,
+        }
+
     # ------------------------------------------------------------------ test helpers
 
     def put_file(

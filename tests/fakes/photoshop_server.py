@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import requests
@@ -85,6 +85,11 @@ class FakeJob:
     result_media_type: str | None = None
     polls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def source_name(job: FakeJob) -> str:
+    """The input file name a job was submitted for (the last segment of its link)."""
+    return unquote(job.source_url.rsplit("/", 1)[1])
 
 
 @dataclass
@@ -291,6 +296,16 @@ class FakePhotoshop:
         """Accepted submissions whose `image.source.url` was this URL (query ignored)."""
         with self.lock:
             return self.submissions_by_source[_without_query(url)]
+
+    def submissions_by_name(self) -> Counter[str]:
+        """Accepted submissions per input file name. Every attempt sends a fresh temporary
+        link (`https://<dropbox>/tl/<token>/<name>`), so count by the link's last segment."""
+        with self.lock:
+            return Counter(source_name(job) for job in self.jobs.values())
+
+    def daemon_environment(self) -> dict[str, str]:
+        """The credentials a `cutoutd` process needs for this fake."""
+        return {"CLIENT_ID": self.client_id, "CLIENT_SECRET": self.client_secret}
 
     def polls_of(self, job_id: str) -> int:
         with self.lock:

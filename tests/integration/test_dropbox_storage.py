@@ -442,13 +442,7 @@ def test_recipe_b_adapter_in_a_subprocess() -> None:
     """The adapter's own session honours DROPBOX_API_*_HOST and REQUESTS_CA_BUNDLE."""
     with FakeDropbox(https=True) as fake:
         fake.put_file(f"{INPUT}/Photo 1.jpg", b"abc")
-        env = {
-            **os.environ,
-            **fake.sdk_environment(),
-            "DROPBOX_APP_KEY": fake.app_key,
-            "DROPBOX_APP_SECRET": fake.app_secret or "",
-            "DROPBOX_REFRESH_TOKEN": fake.refresh_token,
-        }
+        env = {**os.environ, **fake.daemon_environment()}
         done = subprocess.run(
             [sys.executable, "-c", RECIPE_B_SCRIPT],
             env=env,

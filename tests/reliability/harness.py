@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import numpy as np
 from PIL import Image
@@ -115,14 +114,9 @@ def environment(dropbox: FakeDropbox | None, adobe: FakePhotoshop | None) -> dic
     """What the subprocess needs: the SDK aimed at the fake Dropbox, and the credentials."""
     env: dict[str, str] = {}
     if dropbox is not None:
-        env.update(dropbox.sdk_environment())
-        env.update(
-            DROPBOX_APP_KEY=dropbox.app_key,
-            DROPBOX_APP_SECRET=dropbox.app_secret or "",
-            DROPBOX_REFRESH_TOKEN=dropbox.refresh_token,
-        )
+        env.update(dropbox.daemon_environment())
     if adobe is not None:
-        env.update(CLIENT_ID=adobe.client_id, CLIENT_SECRET=adobe.client_secret)
+        env.update(adobe.daemon_environment())
     return env
 
 
@@ -422,13 +416,6 @@ def _check_state(
     if disagreements:
         problems.append(f"ledger and storage disagree: {disagreements[:5]}")
     return problems
-
-
-def submissions_by_name(adobe: FakePhotoshop) -> Counter[str]:
-    """Accepted submissions per input file name: every attempt sends a fresh temporary link
-    (`https://<dropbox>/tl/<token>/<name>`), so count by the link's last segment."""
-    with adobe.lock:
-        return Counter(unquote(job.source_url.rsplit("/", 1)[1]) for job in adobe.jobs.values())
 
 
 # -- figures --------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 
 from tests.e2e.conftest import run_cutoutd
 from tests.fakes.dropbox_server import FakeDropbox
-from tests.fakes.photoshop_server import FakeJob, FakePhotoshop
+from tests.fakes.photoshop_server import FakeJob, FakePhotoshop, source_name
 from tests.helpers import alpha_iou, encode, shape_image
 from tests.reliability.harness import (
     PERIOD,
@@ -439,12 +439,6 @@ def hooked_adobe(dropbox: FakeDropbox) -> Iterator[HookedPhotoshop]:
         fake.stop()
 
 
-def _source_name(job: FakeJob) -> str:
-    from urllib.parse import unquote
-
-    return unquote(job.source_url.rsplit("/", 1)[1])
-
-
 @pytest.mark.parametrize("mode", ["run", "run --once"])
 def test_input_replaced_or_deleted_while_its_adobe_job_runs(
     dropbox: FakeDropbox, hooked_adobe: HookedPhotoshop, tmp_path: Path, mode: str
@@ -465,7 +459,7 @@ def test_input_replaced_or_deleted_while_its_adobe_job_runs(
     changed: set[str] = set()
 
     def change_mid_job(job: FakeJob) -> None:
-        name = _source_name(job)
+        name = source_name(job)
         if name in changed or name == "bystander.jpg":
             return
         job.latency = 2.0  # this job runs long; the next ones (the new revision) do not

@@ -32,7 +32,6 @@ from tests.reliability.harness import (
     put_shots,
     report,
     shots,
-    submissions_by_name,
     write_config,
     write_shots,
 )
@@ -78,7 +77,7 @@ def test_sigkill_dropbox_photoshop(
 
     rows = ledger_rows(ledger)
     problems = check_dropbox_state(dropbox, rows, batch, figures)
-    per_name = submissions_by_name(adobe)
+    per_name = adobe.submissions_by_name()
     figures.engine_submissions = sum(per_name.values())
     figures.duplicate_submissions = sum(n - 1 for n in per_name.values() if n > 1)
     figures.resumed_jobs = daemon.count("cutout.resumed") + final.stderr.count('"cutout.resumed"')

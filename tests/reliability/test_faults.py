@@ -44,7 +44,6 @@ from tests.reliability.harness import (
     put_shots,
     report,
     shots,
-    submissions_by_name,
     wait_until,
     wait_until_finished,
     write_config,
@@ -102,7 +101,7 @@ class Rig:
         problems = [] if code == 0 else [f"cutoutd exited {code}"]
         rows = ledger_rows(self.ledger_path)
         problems += check_dropbox_state(self.dropbox, rows, self.batch, figures)
-        per_name = submissions_by_name(self.adobe)
+        per_name = self.adobe.submissions_by_name()
         events = event_counts(self.ledger_path)
         figures.engine_submissions = sum(per_name.values())
         figures.duplicate_submissions = sum(n - 1 for n in per_name.values() if n > 1)
