@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from daemon.config import Settings
 from daemon.engines.base import Engine
-from daemon.errors import AuthError, CutoutdError
-from daemon.ledger import default_ledger_url
+from daemon.errors import AuthError, ConfigError, CutoutdError
+from daemon.ledger import Ledger, default_ledger_url, state_directory
 from daemon.ledger.queries import LedgerReader
 from daemon.notify import Notifier
 from daemon.secrets import read_secret
@@ -20,6 +20,9 @@ from daemon.storage.base import Storage
 
 if TYPE_CHECKING:
     from daemon.metrics import Metrics
+    from daemon.web.app import LiveState
+    from daemon.web.server import WebServer
+    from daemon.web.thumbnails import Thumbnails
 
 
 def ledger_url(settings: Settings) -> str:
@@ -66,11 +69,67 @@ def worker_count(settings: Settings) -> int:
 
 
 def build_metrics(settings: Settings, engine: Engine) -> Metrics | None:
-    if not settings.metrics.enabled:
+    if not settings.http.enabled:
         return None
     from daemon.metrics import Metrics, engine_rate_limit_reader
 
     return Metrics(engine.name, engine_rate_limit_reader(engine))
+
+
+def build_thumbnails(settings: Settings) -> Thumbnails | None:
+    """Before/after thumbnails in the state directory, when the status page is on."""
+    if not settings.http.enabled or settings.http.thumbnails <= 0:
+        return None
+    from daemon.web.thumbnails import Thumbnails
+
+    folder = state_directory(settings.source.kind, settings.source.root) / "thumbnails"
+    return Thumbnails(folder, settings.http.thumbnails)
+
+
+def http_token(settings: Settings) -> str | None:
+    """The token that unlocks the page's actions, from the credential `[http]
+    token_credential` names; None when it names none."""
+    name = settings.http.token_credential
+    if not name:
+        return None
+    token = read_secret(name)
+    if not token:
+        raise ConfigError(
+            [
+                f"http.token_credential: no credential {name!r} in the environment or "
+                "$CREDENTIALS_DIRECTORY"
+            ]
+        )
+    return token
+
+
+def build_web_server(
+    settings: Settings,
+    live: LiveState,
+    ledger: Ledger,
+    storage: Storage,
+    wake: Callable[[], None],
+    thumbnails: Thumbnails | None,
+) -> WebServer:
+    """The status page, /metrics and /healthz on `[http] address:port`; reads through a
+    reader of its own (SQLite: never takes the write lock)."""
+    from daemon.ledger.dashboard import Dashboard
+    from daemon.web.actions import RequeueActions
+    from daemon.web.app import create_app
+    from daemon.web.security import Guard
+    from daemon.web.server import WebServer
+
+    token = http_token(settings)
+    dashboard = Dashboard(LedgerReader(ledger.url, writer=False))
+    app = create_app(
+        dashboard,
+        live,
+        guard=Guard(token),
+        actions=RequeueActions(ledger, storage, wake) if token else None,
+        thumbnails=thumbnails,
+        behind_proxy=settings.http.behind_proxy,
+    )
+    return WebServer(app, settings.http.address, settings.http.port, closing=[dashboard.close])
 
 
 def discovery_interval(settings: Settings, notifier: Notifier) -> float:

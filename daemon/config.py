@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.config_notify import NotifySettings, read_notify
 from daemon.config_reader import (
     TableReader,
     at_least_one,
@@ -76,7 +77,9 @@ class RetrySettings:
 
 @dataclass(frozen=True, slots=True)
 class LogSettings:
-    format: str = "json"
+    # "auto": short human lines and a progress bar on a terminal; JSON lines under systemd
+    # ($JOURNAL_STREAM) or when stderr is not a terminal. "json" or "text" force one.
+    format: str = "auto"
     level: str = "INFO"
 
 
@@ -110,10 +113,19 @@ class PhotoshopSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class MetricsSettings:
-    enabled: bool = False
+class HttpSettings:
+    """The status page, /metrics and /healthz on one server (see daemon.web)."""
+
+    enabled: bool = True
     address: str = "127.0.0.1"
     port: int = 9464
+    # The name of a credential (environment variable or systemd credential) holding the
+    # token that unlocks the Retry/Reprocess buttons; empty: the page is read-only.
+    token_credential: str = ""
+    # Trust X-Forwarded-For/-Proto from one reverse proxy in front (docs/web.md).
+    behind_proxy: bool = False
+    # Before/after thumbnails kept in the state directory (oldest removed beyond this).
+    thumbnails: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +139,12 @@ class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     dropbox: DropboxSettings = field(default_factory=DropboxSettings)
     photoshop: PhotoshopSettings = field(default_factory=PhotoshopSettings)
-    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    notify: tuple[NotifySettings, ...] = ()
     config_path: str | None = None
+    # Messages about deprecated keys, logged once at start-up (logging is not set up yet
+    # while the file is read).
+    deprecations: tuple[str, ...] = ()
 
 
 def _hex_color(value: Any) -> str | None:
@@ -207,7 +223,8 @@ def _read_ledger(data: Mapping[str, Any], problems: list[str]) -> LedgerSettings
 def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> Settings:
     """Validate a parsed TOML document completely; raise ConfigError listing every problem."""
     problems: list[str] = []
-    known = set(Settings.__dataclass_fields__) - {"config_path"}
+    known = (set(Settings.__dataclass_fields__) - {"config_path", "deprecations"}) | {"metrics"}
+    http, deprecations = _read_http(data, problems)
     for section in sorted(set(data) - known):
         problems.append(f"{section}: unknown section")
     settings = Settings(
@@ -239,7 +256,7 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
             LogSettings,
             problems,
             choices={
-                "format": ("json", "text"),
+                "format": ("auto", "json", "text"),
                 "level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
             },
         ),
@@ -281,21 +298,48 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
                 ),
             },
         ),
-        metrics=read_table(
-            data,
-            "metrics",
-            MetricsSettings,
-            problems,
-            checks={
-                "port": lambda v: None if 0 <= v <= 65535 else f"must be a TCP port, got {v!r}"
-            },
-        ),
+        http=http,
+        notify=read_notify(data, problems),
         config_path=config_path,
+        deprecations=deprecations,
     )
     _cross_check(settings, problems)
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _tcp_port(value: Any) -> str | None:
+    return None if 0 <= value <= 65535 else f"must be a TCP port, got {value!r}"
+
+
+METRICS_KEYS = ("enabled", "address", "port")
+
+
+def _read_http(
+    data: Mapping[str, Any], problems: list[str]
+) -> tuple[HttpSettings, tuple[str, ...]]:
+    """`[http]`; the old `[metrics]` keys (enabled, address, port) still count, with one
+    deprecation message, where `[http]` does not set them."""
+    checks = {"port": _tcp_port, "thumbnails": non_negative}
+    old = data.get("metrics")
+    if old is None:
+        return read_table(data, "http", HttpSettings, problems, checks=checks), ()
+    metrics = TableReader(data, "metrics", problems)
+    legacy = {
+        "enabled": metrics.get("enabled", None, bool),
+        "address": metrics.get("address", None, str),
+        "port": metrics.get("port", None, int, _tcp_port),
+    }
+    metrics.finish()
+    http = dict(data.get("http", {})) if isinstance(data.get("http", {}), Mapping) else {}
+    merged = {key: value for key, value in legacy.items() if value is not None} | http
+    settings = read_table({"http": merged}, "http", HttpSettings, problems, checks=checks)
+    message = (
+        "[metrics] is deprecated: the status page, /metrics and /healthz are served by "
+        "[http] (enabled by default); rename the section to [http]"
+    )
+    return settings, (message,)
 
 
 def _cross_check(settings: Settings, problems: list[str]) -> None:

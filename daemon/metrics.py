@@ -1,12 +1,9 @@
-"""Prometheus metrics and the health endpoint: the only module that imports prometheus_client.
+"""Prometheus metrics: the only module that imports prometheus_client.
 
-Off by default (`[metrics] enabled = false`); when on, a small HTTP server bound to
-`[metrics] address` (127.0.0.1 unless told otherwise) answers:
-
-- `GET /metrics`: the Prometheus text format, from a private registry (no process or
-  platform collectors of other libraries leak in, and tests can build several).
-- `GET /healthz`: `200 ok` while the poll loop is alive and the credentials were last
-  accepted; `503` with the reason otherwise.
+The HTTP server of `daemon.web` (on `[http] address:port`, on by default) serves them at
+`GET /metrics` in the Prometheus text format, from a private registry (no process or
+platform collectors of other libraries leak in, and tests can build several), beside
+`GET /healthz` and the status page.
 
 `Metrics` is also the pipeline's observer (see `PipelineObserver` in `daemon.pipeline`),
 so the pipeline itself stays free of vendor imports.
@@ -15,18 +12,14 @@ so the pipeline itself stays free of vendor imports.
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from daemon.errors import CutoutdError
+from daemon.models import Item
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +120,12 @@ class Metrics:
     def retry_scheduled(self, rate_limited: bool) -> None:
         self.retries.labels("rate_limited" if rate_limited else "transient").inc()
 
+    def output_written(self, item: Item, input_data: bytes | None, output_data: bytes) -> None:
+        pass
+
+    def item_failed(self, item: Item, reason: str) -> None:
+        pass
+
     # -- the service's state -------------------------------------------------------------
 
     def track_in_flight(self, count: Callable[[], int]) -> None:
@@ -151,74 +150,6 @@ class Metrics:
     def poll_succeeded(self, unix_time: float) -> None:
         self.last_poll.set(unix_time)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    metrics: ClassVar[Metrics]
-    health: ClassVar[Health]
-    timeout = 10  # seconds a client may take to send its request
-    server_version = "cutoutd"
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._reply(200, self.metrics.exposition(), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            reason = type(self).health()
-            status, body = (200, "ok") if reason is None else (503, reason)
-            self._reply(status, f"{body}\n".encode(), "text/plain; charset=utf-8")
-        else:
-            self._reply(404, b"not found: try /metrics or /healthz\n", "text/plain")
-
-    def _reply(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug(format, *args, extra={"event": "metrics.request"})
-
-
-class MetricsServer:
-    """`/metrics` and `/healthz` over HTTP, served from a daemon thread."""
-
-    def __init__(self, metrics: Metrics, address: str, port: int, health: Health) -> None:
-        handler = type("Handler", (_Handler,), {"metrics": metrics, "health": staticmethod(health)})
-        server_class = type(
-            "Server",
-            (ThreadingHTTPServer,),
-            {"address_family": socket.AF_INET6 if ":" in address else socket.AF_INET},
-        )
-        try:
-            self._server = server_class((address, port), handler)
-        except OSError as exc:
-            raise CutoutdError(
-                f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}"
-            ) from None
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-        log.info(
-            "serving metrics on http://%s:%d/metrics",
-            self._server.server_address[0],
-            self.port,
-            extra={"event": "metrics.listening", "port": self.port},
-        )
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text format and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

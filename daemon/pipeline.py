@@ -47,7 +47,8 @@ class Discovery:
 
 
 class PipelineObserver(Protocol):
-    """What metrics want to know about outcomes (see daemon.metrics.Metrics)."""
+    """What metrics, thumbnails, alerts and the terminal want to know about outcomes (see
+    daemon.metrics.Metrics, daemon.web.thumbnails, daemon.alerts, daemon.terminal)."""
 
     def engine_finished(self, engine: str, seconds: float) -> None: ...
 
@@ -56,6 +57,12 @@ class PipelineObserver(Protocol):
     def item_finished(self, outcome: str, seconds_since_discovery: float) -> None: ...
 
     def retry_scheduled(self, rate_limited: bool) -> None: ...
+
+    def output_written(self, item: Item, input_data: bytes | None, output_data: bytes) -> None:
+        """An output was written; `input_data` when the engine read the input through
+        cutoutd (the local engine does; Photoshop fetches it from a link itself)."""
+
+    def item_failed(self, item: Item, reason: str) -> None: ...
 
 
 class NullObserver:
@@ -69,6 +76,12 @@ class NullObserver:
         pass
 
     def retry_scheduled(self, rate_limited: bool) -> None:
+        pass
+
+    def output_written(self, item: Item, input_data: bytes | None, output_data: bytes) -> None:
+        pass
+
+    def item_failed(self, item: Item, reason: str) -> None:
         pass
 
 
@@ -203,10 +216,16 @@ class Pipeline:
                 extra=context("cutout.submitted", path=item.path, rev=item.rev, job_id=job.job_id),
             )
 
+        held: list[bytes] = []  # the input's bytes, when the engine reads them through us
+
+        def read_input() -> bytes:
+            held[:] = [self.storage.read(file)]
+            return held[0]
+
         job = EngineJob(
             item=item,
             options=self.settings.engine.options,
-            read_bytes=lambda: self.storage.read(file),
+            read_bytes=read_input,
             temporary_link=lambda: self.storage.temporary_link(file),
             record_submission=record_submission,
             submitted=submitted,
@@ -227,6 +246,7 @@ class Pipeline:
         candidates = output_candidates(item.path, result.output_format.value)
         output = self.ledger.reserve_output(item.id, item.path_lower, candidates)
         self.storage.write(Area.OUTPUT, output, result.data)
+        self.observer.output_written(item, held[0] if held else None, result.data)
         relocate = RELOCATE_FOR_POLICY[self.settings.archive.policy]
         self.ledger.transition(
             item.id,
@@ -334,6 +354,8 @@ class Pipeline:
             extra=context(f"item.{status.value}", path=item.path, rev=item.rev, reason=reason),
         )
         self._observe_finished(item, status.value)
+        if status == ItemStatus.FAILED:
+            self.observer.item_failed(item, reason)
         self.relocate(item, relocate)
 
     def _retry(self, item: Item, error: TransientError) -> None:

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
@@ -20,6 +20,8 @@ from daemon.compose import (
     build_engine,
     build_metrics,
     build_storage,
+    build_thumbnails,
+    build_web_server,
     discovery_interval,
     ledger_url,
     worker_count,
@@ -31,12 +33,13 @@ from daemon.ledger import Ledger
 from daemon.logs import context
 from daemon.models import Item, ItemStatus
 from daemon.notify import Notifier
-from daemon.pipeline import Pipeline
+from daemon.observers import Observers
+from daemon.pipeline import Pipeline, PipelineObserver
 from daemon.secrets import redact
 from daemon.storage.base import Storage
 
 if TYPE_CHECKING:
-    from daemon.metrics import MetricsServer
+    from daemon.web.server import WebServer
 
 log = logging.getLogger(__name__)
 HEALTHY_POLL_AGE_MIN = 10.0  # /healthz tolerates 3 poll intervals, but never less than this
@@ -70,6 +73,7 @@ class Service:
         ledger: Ledger | None = None,
         notifier: Notifier | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        observers: Sequence[PipelineObserver] = (),
     ) -> None:
         self.settings = settings
         self.stop = threading.Event()
@@ -82,13 +86,18 @@ class Service:
         self.storage = storage or build_storage(settings)
         self.engine = engine or build_engine(settings, self.stop)
         self.metrics = build_metrics(settings, self.engine)
+        self.thumbnails = build_thumbnails(settings)
+        self.observers = Observers(
+            [o for o in (self.metrics, self.thumbnails) if o is not None] + list(observers)
+        )
         self.pipeline = Pipeline(
-            self.storage, self.engine, self.ledger, settings, self.stop, self.metrics
+            self.storage, self.engine, self.ledger, settings, self.stop, self.observers
         )
         self.in_flight: dict[int, Item] = {}
         self._lock = threading.Lock()
         self.monotonic = monotonic
         self.last_poll_at: float | None = None
+        self.last_poll_time: float | None = None  # unix time, for people
         self.fatal: BaseException | None = None
         self.credential_error: str | None = None
         self.notifier = notifier or Notifier.from_environment()
@@ -112,6 +121,8 @@ class Service:
             log.info("ledger schema upgraded", extra=context("ledger.migrated"))
         self.storage.ensure_layout()
         self.engine.start()
+        if self.thumbnails is not None:
+            self.thumbnails.start()
         recovered = self.ledger.recover_stale()
         if recovered:
             log.info(
@@ -122,6 +133,8 @@ class Service:
         self.pipeline.relocate_pending()
 
     def close(self) -> None:
+        if self.thumbnails is not None:
+            self.thumbnails.close()
         self.engine.close()
         self.storage.close()
         self.ledger.close()
@@ -201,8 +214,9 @@ class Service:
             self._report()
             return None
         self.last_poll_at = self.monotonic()
+        self.last_poll_time = time.time()
         if self.metrics is not None:
-            self.metrics.poll_succeeded(time.time())
+            self.metrics.poll_succeeded(self.last_poll_time)
         if found.added:
             self.wake.set()
         self._report()
@@ -262,14 +276,23 @@ class Service:
             return f"last successful poll {age:.0f} s ago (limit {limit:.0f} s)"
         return None
 
-    def serve_metrics(self) -> MetricsServer | None:
-        """Start the /metrics and /healthz server when `[metrics] enabled`."""
-        if self.metrics is None:
+    def serve_http(self) -> WebServer | None:
+        """Start the status page, /metrics and /healthz when `[http] enabled`."""
+        if not self.settings.http.enabled:
             return None
-        from daemon.metrics import MetricsServer
+        from daemon.web.app import LiveState
 
-        metrics = self.settings.metrics
-        server = MetricsServer(self.metrics, metrics.address, metrics.port, self.health)
+        metrics = self.metrics
+        live = LiveState(
+            engine=self.engine.name,
+            storage=self.storage.describe(),
+            health=self.health,
+            last_poll=lambda: self.last_poll_time,
+            metrics=(lambda: metrics.exposition()) if metrics is not None else None,
+        )
+        server = build_web_server(
+            self.settings, live, self.ledger, self.storage, self.wake.set, self.thumbnails
+        )
         server.start()
         return server
 
@@ -351,7 +374,7 @@ class Service:
     def run_forever(self) -> None:
         """Run until SIGTERM/SIGINT (see install_signal_handlers), then drain."""
         self.start()
-        server = self.serve_metrics()
+        server = self.serve_http()
         try:
             self._run_loops()
         finally:

@@ -118,13 +118,14 @@ class LedgerAudit:
         sort: Sort = Sort.NEWEST,
         reverse: bool = False,
         limit: int | None = None,
+        offset: int = 0,
     ) -> list[Item]:
         columns: list[Any] = (
             [func.lower(ItemRow.path), ItemRow.id] if sort is Sort.PATH else [ItemRow.id]
         )
         descending = (sort is Sort.NEWEST) != reverse
         keys = [column.desc() if descending else column.asc() for column in columns]
-        query = self._filtered(select(ItemRow), flt).order_by(*keys).limit(limit)
+        query = self._filtered(select(ItemRow), flt).order_by(*keys).limit(limit).offset(offset)
         with self.reader.transaction() as connection:
             return [to_item(row) for row in connection.execute(query)]
 
@@ -233,6 +234,12 @@ class LedgerAudit:
             by=by,
             buckets=buckets,
         )
+
+    def buckets(self, since: datetime, until: datetime, by: str) -> list[Bucket]:
+        """Outcomes finished and submissions made per period of [since, until), every
+        period listed (zeros included); index range counts only."""
+        with self.reader.transaction() as connection:
+            return self._buckets(connection, since, until, by, since, until)
 
     def _counts(self, connection: Connection, finished: list[Any]) -> dict[ItemStatus, int]:
         """Outcomes finished in the window; pending and processing now."""
