@@ -121,7 +121,7 @@ def write_config(path: Path, adobe: FakePhotoshop, scenario: Scenario) -> None:
         f"submit_limit = {scenario.soft_limit}\nsubmit_period = {scenario.period:g}\n"
         f"max_in_flight = 20\npoll_initial = {2.0 * s:g}\npoll_multiplier = 1.5\n"
         f"poll_max = {30.0 * s:g}\njob_timeout = {600.0 * s:g}\n"
-        '[log]\nformat = "json"\nlevel = "INFO"\n'
+        '[log]\nformat = "json"\nlevel = "INFO"\n[http]\nport = 0\n'
     )
 
 

@@ -9,6 +9,7 @@ arguments; 69 a required service or engine is unavailable; 77 credentials reject
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import logging
@@ -237,22 +238,30 @@ def add_requeue_commands(commands: Any, common: argparse.ArgumentParser) -> None
 
 def command_run(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.service import Service, install_signal_handlers
+    from daemon.terminal import TerminalProgress, human_terminal
 
-    service = Service(settings)
+    progress: TerminalProgress | None = None
+    if human_terminal(settings.log.format):
+        progress = TerminalProgress(lambda: waiting(service.ledger.counts()))
+    service = Service(settings, observers=[progress] if progress else [])
     install_signal_handlers(service)
     try:
-        if args.once:
-            summary = service.run_once()
-            if service.fatal:
-                raise service.fatal
-            print(summary.line())
-            return 1 if summary.counts.get(ItemStatus.FAILED) else 0
-        service.run_forever()
+        with progress or contextlib.nullcontext():
+            summary = service.run_once() if args.once else None
+            if not args.once:
+                service.run_forever()
         if service.fatal:
             raise service.fatal
-        return 0
     finally:
         service.close()
+    if summary is None:
+        return 0
+    print(summary.line())
+    return 1 if summary.counts.get(ItemStatus.FAILED) else 0
+
+
+def waiting(counts: dict[ItemStatus, int]) -> int:
+    return counts[ItemStatus.PENDING] + counts[ItemStatus.PROCESSING]
 
 
 def command_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -496,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cutoutd: {exc}", file=sys.stderr)
         return EX_CONFIG
     configure_logging(settings.log.level, settings.log.format)
+    for message in settings.deprecations:
+        log.warning("%s", message, extra={"event": "config.deprecated"})
     try:
         return COMMANDS[_command_key(args)](settings, args)
     except UsageError as exc:

@@ -68,9 +68,17 @@ class JournalPriorityFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", format: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter())
+    """`format`: "json", "text", or "auto" (the friendly terminal of daemon.terminal on a
+    TTY outside systemd, JSON lines otherwise)."""
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     formatter: logging.Formatter
+    if format == "auto":
+        from daemon.terminal import HumanHandler, human_terminal
+
+        if human_terminal(format):
+            handler = HumanHandler()
+        format = "json"
+    handler.addFilter(RedactingFilter())
     if format == "json":
         formatter = JsonFormatter(
             "%(levelname)s %(name)s %(event)s %(message)s",

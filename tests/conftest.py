@@ -25,6 +25,7 @@ def make_settings(root: Path, tmp_path: Path) -> Callable[..., Settings]:
             "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
             "retry": {"backoff_initial": 0.05, "backoff_multiplier": 1, "max_attempts": 3},
             "log": {"format": "text", "level": "DEBUG"},
+            "http": {"port": 0},
         }
         for name, values in sections.items():
             data.setdefault(name, {}).update(values)

@@ -27,11 +27,12 @@ def run_cutoutd(
 def write_config(tmp_path: Path) -> Callable[..., Path]:
     def write(root: Path, extra: str = "", name: str = "cutoutd.toml") -> Path:
         path = tmp_path / name
+        http = "" if "[http]" in extra else "[http]\nport = 0\n"  # never the shared 9464
         path.write_text(
             f'[source]\nroot = "{root}"\nsettle_seconds = 0\npoll_interval = 0.5\n'
             f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.sqlite3"}"\n'
             f"[retry]\nbackoff_initial = 0.1\nbackoff_multiplier = 1\nmax_attempts = 2\n"
-            f'[log]\nformat = "json"\nlevel = "INFO"\n{extra}'
+            f'[log]\nformat = "json"\nlevel = "INFO"\n{http}{extra}'
         )
         return path
 

@@ -38,7 +38,7 @@ def config(tmp_path: Path) -> Path:
         f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.sqlite3"}"\n'
         "[retry]\nbackoff_initial = 0.2\nbackoff_multiplier = 1\nmax_attempts = 10\n"
         "[dropbox]\ntimeout = 20\nmax_retries_on_error = 1\nmax_retries_on_rate_limit = 3\n"
-        '[log]\nformat = "json"\nlevel = "INFO"\n'
+        '[log]\nformat = "json"\nlevel = "INFO"\n[http]\nport = 0\n'
     )
     return path
 
@@ -158,7 +158,7 @@ def test_run_picks_up_a_new_upload_through_longpoll(fake: FakeDropbox, tmp_path:
     config.write_text(
         f'[source]\nkind = "dropbox"\nroot = "{ROOT}"\npoll_interval = 60\n'
         f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.sqlite3"}"\n'
-        '[dropbox]\nlongpoll_timeout = 30\n[log]\nformat = "json"\n'
+        '[dropbox]\nlongpoll_timeout = 30\n[log]\nformat = "json"\n[http]\nport = 0\n'
     )
     env = {**os.environ, **fake.daemon_environment()}
     process = subprocess.Popen([CUTOUTD, "--config", str(config), "run"], env=env,

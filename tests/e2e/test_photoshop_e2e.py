@@ -60,7 +60,7 @@ def config(tmp_path: Path, adobe: FakePhotoshop) -> Path:
         f'[photoshop]\napi_url = "{adobe.url}"\nims_url = "{adobe.ims_url}"\n'
         f"submit_limit = 2\nsubmit_period = {PERIOD}\nmax_in_flight = 20\n"
         "poll_initial = 0.1\npoll_multiplier = 1.5\npoll_max = 0.5\njob_timeout = 60\n"
-        '[log]\nformat = "json"\nlevel = "INFO"\n'
+        '[log]\nformat = "json"\nlevel = "INFO"\n[http]\nport = 0\n'
     )
     return path
 

@@ -15,15 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemon.config import Settings
 from daemon.errors import AuthError, RateLimitedError, TransientError
 from daemon.ledger import Ledger
-from daemon.metrics import MetricsServer
 from daemon.models import ChangeBatch, CutoutResult, EngineJob, ItemStatus, SubmittedJob
 from daemon.secrets import register_secret
 from daemon.service import Service
 from daemon.storage.local import LocalStorage
+from daemon.web.server import WebServer
 from tests.helpers import ChromaKeyEngine, write_shape
 
 MakeService = Callable[..., Service]
-METRICS_ON = {"enabled": True, "port": 0}
+HTTP_ON = {"enabled": True, "port": 0}
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, body
 
 
-def scrape(server: MetricsServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(server: WebServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample by (name, sorted labels), parsed by prometheus-client's own parser."""
     status, text = get(f"http://127.0.0.1:{server.port}/metrics")
     assert status == 200
@@ -65,37 +65,37 @@ def scrape(server: MetricsServer) -> dict[tuple[str, tuple[tuple[str, str], ...]
 
 
 @pytest.fixture
-def servers() -> Iterator[list[MetricsServer]]:
-    started: list[MetricsServer] = []
+def servers() -> Iterator[list[WebServer]]:
+    started: list[WebServer] = []
     yield started
     for server in started:
         server.close()
 
 
-def serve(service: Service, servers: list[MetricsServer]) -> MetricsServer:
-    server = service.serve_metrics()
+def serve(service: Service, servers: list[WebServer]) -> WebServer:
+    server = service.serve_http()
     assert server is not None
     servers.append(server)
     return server
 
 
-def test_off_by_default(make_service: MakeService) -> None:
-    service = make_service()
+def test_off_with_http_disabled(make_service: MakeService) -> None:
+    service = make_service(http={"enabled": False})
     assert service.metrics is None
-    assert service.serve_metrics() is None
+    assert service.serve_http() is None
 
 
 def test_scrape_counts_outcomes_retries_and_latencies(
-    make_service: MakeService, root: Path, servers: list[MetricsServer]
+    make_service: MakeService, root: Path, servers: list[WebServer]
 ) -> None:
     write_shape(root / "input" / "a.jpg")
     write_shape(root / "input" / "b.jpg", color=(20, 30, 200))
     (root / "input" / "broken.jpg").write_bytes(b"not an image")
     engine = SubmittingEngine()
     engine.fail_with = [TransientError("503 from upstream"), RateLimitedError("429", 0.01)]
-    service = make_service(engine, metrics=METRICS_ON)
+    service = make_service(engine, http=HTTP_ON)
     server = serve(service, servers)
-    assert server._server.server_address[0] == "127.0.0.1"
+    assert server.address == "127.0.0.1"
 
     summary = service.run_once()
 
@@ -138,9 +138,9 @@ class RevokedStorage(LocalStorage):
 
 
 def test_healthz_follows_the_poll_loop_and_the_credentials(
-    make_settings: Callable[..., Settings], servers: list[MetricsServer]
+    make_settings: Callable[..., Settings], servers: list[WebServer]
 ) -> None:
-    settings = make_settings(metrics=METRICS_ON, source={"poll_interval": 5})
+    settings = make_settings(http=HTTP_ON, source={"poll_interval": 5})
     clock = Clock()
     storage = RevokedStorage(settings.source.root)
     service = Service(

@@ -77,6 +77,7 @@ def dropbox_sections(ledger: Path, adobe: FakePhotoshop | None = None) -> dict[s
         "dropbox": {"timeout": 5, "max_retries_on_error": 1, "max_retries_on_rate_limit": 0},
         "service": {"drain_timeout": 2},
         "log": {"format": "json", "level": "INFO"},
+        "http": {"port": 0},
     }
     if adobe is not None:
         sections["photoshop"] = {
@@ -102,6 +103,7 @@ def local_sections(root: Path, ledger: Path) -> dict[str, dict[str, Any]]:
         "retry": {"backoff_initial": 0.2, "backoff_multiplier": 2, "max_attempts": 5},
         "service": {"drain_timeout": 2},
         "log": {"format": "json", "level": "INFO"},
+        "http": {"port": 0},
     }
 
 

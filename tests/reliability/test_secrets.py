@@ -1,6 +1,6 @@
 """Secrets (issue 7, item 4): whole scenarios at DEBUG level, and not one secret value in the
 logs (stderr), the ledger (every row of every table of the SQLite file), the output of the
-CLI commands or the metrics.
+CLI commands, the metrics or the status page.
 
 The secrets: the credential variables (`DROPBOX_APP_SECRET`, `DROPBOX_REFRESH_TOKEN`,
 `CLIENT_SECRET`, all distinctive values), every access and refresh token the fakes issued,
@@ -175,7 +175,7 @@ def test_no_secret_in_logs_ledger_cli_output_or_metrics(
     ledger = tmp_path / "state" / "cutoutd" / "ledger.sqlite3"  # its folder is new too
     sections = merge(dropbox_sections(ledger, adobe), {
         "log": {"level": "DEBUG"},
-        "metrics": {"enabled": True, "port": 0},  # no address: the default
+        "http": {"port": 0},  # no address: the default
         "retry": {"max_attempts": 3},
     })  # fmt: skip
     config = write_config(tmp_path / "cutoutd.toml", sections)
@@ -187,9 +187,13 @@ def test_no_secret_in_logs_ledger_cli_output_or_metrics(
     daemon = Daemon(config, env, tmp_path / "logs").start()
     try:
         wait_until(lambda: _all_ended(ledger, 6), 60, daemon=daemon, what="six revisions to end")
-        [port] = [e["port"] for e in daemon.events() if e.get("event") == "metrics.listening"]
+        [port] = [e["port"] for e in daemon.events() if e.get("event") == "http.listening"]
         bound = listening_address(port)
         texts["GET /metrics"] = _get(f"http://127.0.0.1:{port}/metrics")[1]
+        for page in ("/", "/results", "/failures?status=any", "/api/overview"):
+            texts[f"GET {page}"] = _get(f"http://127.0.0.1:{port}{page}")[1]
+        for item_id in range(1, 7):  # every revision's own page: events, reasons, outputs
+            texts[f"GET /items/{item_id}"] = _get(f"http://127.0.0.1:{port}/items/{item_id}")[1]
         health = _get(f"http://127.0.0.1:{port}/healthz")
         texts["GET /healthz"] = health[1]
         private = {p.name: _mode(p) for p in ledger.parent.glob("ledger.sqlite3*")}
