@@ -255,6 +255,9 @@ class Pages:
         return response
 
     def logout(self) -> Any:
+        refusal = self.guard.refuse_write(request, signing_in=True)
+        if refusal is not None:
+            return self._refused(refusal)
         response = redirect(_back(), code=303)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
         return response

@@ -25,7 +25,9 @@ from tests.e2e.conftest import CUTOUTD, run_cutoutd
 from tests.helpers import write_shape
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("CUTOUTD_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("CUTOUTD_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
+)
 TOKEN = "page-token-5f1c9e2a7b"
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)"
@@ -144,7 +146,9 @@ def check_pages(browser: Any, url: str, config: Path) -> None:
     page.wait_for_function(
         "[...document.querySelectorAll('.grid img')].every(i => i.complete && i.naturalWidth > 0)"
     )
-    sizes = page.eval_on_selector_all(".grid img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])")
+    sizes = page.eval_on_selector_all(
+        ".grid img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight])"
+    )
     assert len(sizes) == 6 and all(w > 0 and h > 0 for w, h in sizes), sizes
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
