@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from daemon.config import Settings
@@ -19,6 +20,9 @@ from daemon.secrets import read_secret
 from daemon.storage.base import Storage
 
 if TYPE_CHECKING:
+    from daemon.alerts.messages import Digest
+    from daemon.alerts.runner import Alerts
+    from daemon.alerts.watch import Trouble
     from daemon.metrics import Metrics
     from daemon.web.app import LiveState
     from daemon.web.server import WebServer
@@ -130,6 +134,78 @@ def build_web_server(
         behind_proxy=settings.http.behind_proxy,
     )
     return WebServer(app, settings.http.address, settings.http.port, closing=[dashboard.close])
+
+
+def _required_secret(name: str, key: str) -> str:
+    value = read_secret(name)
+    if not value:
+        raise ConfigError(
+            [f"{key}: no credential {name!r} in the environment or $CREDENTIALS_DIRECTORY"]
+        )
+    return value
+
+
+def build_alerts(
+    settings: Settings, ledger: Ledger, engine: str, trouble: Trouble
+) -> Alerts | None:
+    """One watcher per `[[notify]]` target, one dispatcher recording into the ledger."""
+    if not settings.notify:
+        return None
+    from datetime import UTC, datetime
+
+    from daemon.alerts.dispatch import Dispatcher
+    from daemon.alerts.runner import Alerts
+    from daemon.alerts.senders import EmailSender, Sender, WebhookSender
+    from daemon.alerts.watch import AlertWatcher
+
+    def record(
+        target: str, event: str, sent: bool, attempts: int, title: str, error: str | None
+    ) -> None:
+        ledger.record_notification(
+            target, event, sent=sent, attempts=attempts, title=title, error=error
+        )
+
+    dispatcher = Dispatcher(record)
+    watchers = []
+    for number, target in enumerate(settings.notify, 1):
+        sender: Sender
+        if target.kind == "webhook":
+            url = _required_secret(target.url_credential, f"notify[{number}].url_credential")
+            sender = WebhookSender(url, target.timeout)
+        else:
+            password = None
+            if target.password_credential:
+                key = f"notify[{number}].password_credential"
+                password = _required_secret(target.password_credential, key)
+            sender = EmailSender(target, password)
+        watchers.append(
+            AlertWatcher(
+                target,
+                sender,
+                dispatcher,
+                now=lambda: datetime.now(UTC),
+                trouble=trouble,
+                digest=lambda since, until: read_digest(ledger, since, until),
+                engine=engine,
+            )
+        )
+    return Alerts(watchers, dispatcher)
+
+
+def read_digest(ledger: LedgerReader, since: datetime, until: datetime) -> Digest:
+    """A day's figures for the digest, from the audit's own statistics."""
+    from daemon.alerts.messages import Digest
+    from daemon.ledger.audit import LedgerAudit
+    from daemon.models import ItemStatus
+
+    stats = LedgerAudit(ledger).stats(since, until)
+    return Digest(
+        succeeded=stats.counts[ItemStatus.SUCCEEDED],
+        failed=stats.counts[ItemStatus.FAILED],
+        skipped=stats.counts[ItemStatus.SKIPPED],
+        submissions=sum(stats.submissions.values()),
+        failures=stats.failures,
+    )
 
 
 def discovery_interval(settings: Settings, notifier: Notifier) -> float:

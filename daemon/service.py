@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from daemon.compose import (
+    build_alerts,
     build_engine,
     build_metrics,
     build_storage,
@@ -87,8 +88,12 @@ class Service:
         self.engine = engine or build_engine(settings, self.stop)
         self.metrics = build_metrics(settings, self.engine)
         self.thumbnails = build_thumbnails(settings)
+        self.alerts = build_alerts(settings, self.ledger, self.engine.name, self.trouble)
+        watchers = self.alerts.watchers if self.alerts is not None else []
         self.observers = Observers(
-            [o for o in (self.metrics, self.thumbnails) if o is not None] + list(observers)
+            [o for o in (self.metrics, self.thumbnails) if o is not None]
+            + list(watchers)
+            + list(observers)
         )
         self.pipeline = Pipeline(
             self.storage, self.engine, self.ledger, settings, self.stop, self.observers
@@ -98,6 +103,7 @@ class Service:
         self.monotonic = monotonic
         self.last_poll_at: float | None = None
         self.last_poll_time: float | None = None  # unix time, for people
+        self.started_time = time.time()
         self.fatal: BaseException | None = None
         self.credential_error: str | None = None
         self.notifier = notifier or Notifier.from_environment()
@@ -123,6 +129,8 @@ class Service:
         self.engine.start()
         if self.thumbnails is not None:
             self.thumbnails.start()
+        if self.alerts is not None:
+            self.alerts.start()
         recovered = self.ledger.recover_stale()
         if recovered:
             log.info(
@@ -135,6 +143,8 @@ class Service:
     def close(self) -> None:
         if self.thumbnails is not None:
             self.thumbnails.close()
+        if self.alerts is not None:
+            self.alerts.close()
         self.engine.close()
         self.storage.close()
         self.ledger.close()
@@ -274,6 +284,18 @@ class Service:
         limit = max(3 * self.poll_every, HEALTHY_POLL_AGE_MIN)
         if age > limit:
             return f"last successful poll {age:.0f} s ago (limit {limit:.0f} s)"
+        return None
+
+    def trouble(self, now: datetime, threshold: float) -> str | None:
+        """For `degraded` notifications: credentials rejected, or storage unreachable
+        (no successful poll) for more than `threshold` seconds."""
+        if self.credential_error is not None:
+            return f"credentials rejected: {self.credential_error}"
+        age = now.timestamp() - (self.last_poll_time or self.started_time)
+        if age > threshold:
+            return (
+                f"{self.storage.describe()} unreachable: no successful poll for {age / 60:.0f} min"
+            )
         return None
 
     def serve_http(self) -> WebServer | None:

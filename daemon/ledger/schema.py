@@ -107,3 +107,19 @@ class CursorRow(Base):
     storage_key: Mapped[str] = mapped_column(String(512), primary_key=True)
     cursor: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class NotificationRow(Base):
+    """One notification sent, or given up on after its retries (see daemon.alerts)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    target: Mapped[str] = mapped_column(String(64))  # `webhook-1`, `email-2`
+    event: Mapped[str] = mapped_column(String(32))  # failed, degraded, recovered, digest
+    status: Mapped[str] = mapped_column(String(16))  # sent or failed
+    attempts: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from daemon.errors import LostClaimError
 from daemon.ledger.database import migrate
 from daemon.ledger.queries import Clock, LedgerReader, to_item, utcnow
-from daemon.ledger.schema import CursorRow, EventRow, ItemRow
+from daemon.ledger.schema import CursorRow, EventRow, ItemRow, NotificationRow
 from daemon.models import ChangeBatch, DeletedEntry, Item, ItemStatus, RemoteFile, SubmittedJob
 
 ACTIVE = (ItemStatus.PENDING, ItemStatus.PROCESSING)
@@ -349,3 +349,28 @@ class Ledger(LedgerReader):
                 update(ItemRow).where(ItemRow.id == item_id).values(relocate_to=None)
             )
             self._event(connection, item_id, "relocation.abandoned", reason=reason)
+
+    # -- notifications --------------------------------------------------------------------
+
+    def record_notification(
+        self, target: str, event: str, *, sent: bool, attempts: int, title: str, error: str | None
+    ) -> None:
+        """What a notification target was sent (or, `sent=False`, gave up on)."""
+        with self.transaction() as connection:
+            connection.execute(
+                insert(NotificationRow).values(
+                    at=self.clock(),
+                    target=target,
+                    event=event,
+                    status="sent" if sent else "failed",
+                    attempts=attempts,
+                    title=title,
+                    error=error,
+                )
+            )
+
+    def notifications(self) -> list[dict[str, Any]]:
+        """Every notification record, oldest first."""
+        with self.transaction() as connection:
+            rows = connection.execute(select(NotificationRow).order_by(NotificationRow.id))
+            return [dict(row._mapping) for row in rows]
