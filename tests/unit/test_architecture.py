@@ -67,6 +67,18 @@ def test_the_package_and_its_imports_are_found() -> None:
         ("alembic", ("daemon.ledger",)),
         ("onnxruntime", ("daemon.engines.local",)),
         ("daemon.cli", ()),
+        # the web stack stays inside daemon.web, which only the builders start
+        ("flask", ("daemon.web",)),
+        ("werkzeug", ("daemon.web",)),
+        ("waitress", ("daemon.web",)),
+        ("jinja2", ("daemon.web",)),
+        ("daemon.web", ("daemon.web", "daemon.compose", "daemon.service")),
+        ("prometheus_client", ("daemon.metrics",)),
+        ("rich", ("daemon.terminal",)),
+        ("daemon.terminal", ("daemon.cli", "daemon.logs")),
+        # notifications: built by compose, fed by the service; smtplib only in the senders
+        ("daemon.alerts", ("daemon.alerts", "daemon.compose", "daemon.service")),
+        ("smtplib", ("daemon.alerts.senders",)),
     ],
 )
 def test_only_its_adapter_imports(target: str, allowed: tuple[str, ...]) -> None:
@@ -96,3 +108,29 @@ def test_the_core_does_not_import_adapters() -> None:
     for name in core:
         bad = sorted(i for i in MODULES[name] if i.startswith(adapters))
         assert bad == [], f"{name} imports {bad}"
+
+
+def test_the_web_and_alerts_reach_the_ledger_only_through_its_operations() -> None:
+    """daemon.web reads through the dashboard and writes through the requeue operations;
+    daemon.alerts gets the ledger's figures and its record operation injected."""
+    allowed = {
+        "daemon.web": (
+            "daemon.ledger.dashboard",
+            "daemon.ledger.audit",
+            "daemon.ledger.requeue",
+            "daemon.ledger.Ledger",
+        ),
+        "daemon.alerts": (),
+    }
+    for package, operations in allowed.items():
+        for name, imported in MODULES.items():
+            if name != package and not name.startswith(package + "."):
+                continue
+            reaching = sorted(
+                i
+                for i in imported
+                if (i == "daemon.ledger" or i.startswith("daemon.ledger."))
+                and not any(i == op or i.startswith(op + ".") for op in operations)
+                and i != "daemon.ledger"  # the package itself, for `Ledger`
+            )
+            assert reaching == [], f"{name} reaches into the ledger: {reaching}"

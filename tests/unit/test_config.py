@@ -32,13 +32,75 @@ def test_example_file_validates_and_documents_every_key() -> None:
             assert f"\n{key} =" in text or f"# {key} =" in text, f"{section}.{key} undocumented"
 
 
+def test_example_file_documents_every_notify_key() -> None:
+    from dataclasses import fields
+
+    from daemon.config_notify import NotifySettings
+
+    text = EXAMPLE.read_text()
+    assert "# [[notify]]" in text
+    for key in (f.name for f in fields(NotifySettings) if f.name not in ("name",)):
+        assert f"# {key} =" in text, f"notify.{key} undocumented"
+
+
+def test_http_defaults_and_the_old_metrics_section() -> None:
+    http = parse_settings({}).http
+    assert (http.enabled, http.address, http.port, http.token_credential) == (
+        True, "127.0.0.1", 9464, "",
+    )  # fmt: skip
+    old = parse_settings({"metrics": {"enabled": True, "address": "0.0.0.0", "port": 9100}})
+    assert (old.http.enabled, old.http.address, old.http.port) == (True, "0.0.0.0", 9100)
+    assert len(old.deprecations) == 1 and "[metrics] is deprecated" in old.deprecations[0]
+    off = parse_settings({"metrics": {"enabled": False}})
+    assert off.http.enabled is False
+    both = parse_settings({"metrics": {"port": 9100}, "http": {"port": 9200}})
+    assert both.http.port == 9200  # [http] wins
+    assert parse_settings({"http": {"port": 1}}).deprecations == ()
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"metrics": {"port": 70000, "colour": 1}, "http": {"thumbnails": -1}})
+    assert caught.value.problems == [
+        "metrics.port: must be a TCP port, got 70000",
+        "metrics.colour: unknown key",
+        "http.thumbnails: must be 0 or more, got -1",
+    ]
+
+
+def test_notify_tables() -> None:
+    settings = parse_settings({"notify": [
+        {"kind": "webhook", "url_credential": "SLACK_HOOK", "batch_minutes": 1},
+        {"kind": "email", "smtp_host": "mx", "sender": "a@b.c", "recipients": ["d@e.f"],
+         "security": "tls", "username": "u", "password_credential": "SMTP_PW"},
+    ]})  # fmt: skip
+    hook, mail = settings.notify
+    assert (hook.name, hook.url_credential, hook.batch_minutes) == ("webhook-1", "SLACK_HOOK", 1)
+    assert (mail.name, mail.port, mail.digest_at) == ("email-2", 465, (8, 0))
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"notify": [
+            {"kind": "webhook", "url": "https://hooks.slack.com/services/T/B/x"},
+            {"kind": "email", "smtp_host": "mx", "username": "u", "password": "hunter2",
+             "recipients": [], "digest_time": "25:00", "events": ["failed", "party"]},
+            {"kind": "pigeon"},
+        ]})  # fmt: skip
+    assert caught.value.problems == [
+        "notify[1].url: a webhook URL is a secret: put it in a credential, name it in url_credential",
+        "notify[1].url_credential: required: the credential holding the webhook URL",
+        "notify[2].events: must be a non-empty list of 'failed', 'degraded', 'recovered', 'digest', got ['failed', 'party']",
+        "notify[2].digest_time: must be a local time like '08:00', got '25:00'",
+        "notify[2].sender: required for kind = 'email'",
+        "notify[2].recipients: required: a list of e-mail addresses",
+        "notify[2].password_credential: required with username: the credential holding the password",
+        "notify[2].password: secrets never go in the config file; set them in the environment or a systemd credential",
+        "notify[3].kind: must be one of 'webhook', 'email', got 'pigeon'",
+    ]
+
+
 def _defaults_by_section() -> dict[str, list[str]]:
     from dataclasses import fields
 
     settings = load_settings(None)
     result: dict[str, list[str]] = {}
     for section in fields(settings):
-        if section.name == "config_path":
+        if section.name in ("config_path", "deprecations", "notify"):
             continue
         keys = [f.name for f in fields(getattr(settings, section.name))]
         if section.name == "engine":
