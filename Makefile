@@ -19,7 +19,9 @@ demo: install
 	mkdir -p RemoveBGProcess/input
 	cp examples/samples/* RemoveBGProcess/input/
 	$(BIN)/cutoutd run --once
-	@echo "cutouts are in RemoveBGProcess/output/, originals in RemoveBGProcess/archive/"
+	@echo
+	@echo "Cutouts are in $(CURDIR)/RemoveBGProcess/output/ (originals in RemoveBGProcess/archive/)."
+	@echo "Status page: run '$(BIN)/cutoutd run' and open http://127.0.0.1:9464/"
 
 lint: install
 	$(BIN)/ruff check .

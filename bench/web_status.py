@@ -1,0 +1,162 @@
+"""Benchmark the status page: its answers at 100,000 revisions, and what serving it
+costs the pipeline.
+
+    .venv/bin/python bench/web_status.py [--count 100000] [--runs 30] [--images 24] [--pairs 4]
+
+1. **Latency**, in-process (Flask's test client, no sockets): the ledger of
+   bench/ledger_audit.py (cached under --cache; 180 days of revisions and their events,
+   real schema), the page's clock set to the end of that span so that "today", "7 days"
+   and the 48-hour chart hold data. Median and max over --runs requests of `/` (overview,
+   first results page, latest failures), `/results`, `/api/overview` (the live update)
+   and `/failures` (first page).
+2. **Throughput cost**: the real Service with the real local engine (u2netp) takes
+   --images synthetic 1024x1024 product shots (bench/local_engine.py's) through
+   `run_once`, with `[http] enabled = false` ("off") and with the page on ("on": the
+   server, before/after thumbnails for every output, and one client fetching
+   /api/overview every second and `/` every 5 seconds, five times what an open page
+   polls). Runs alternate off/on so that load on this shared machine hits both alike;
+   the ratio on/off of images per second is taken per pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.ledger_audit import SPAN, START, cached_ledger, timed
+from bench.local_engine import product_shot
+from daemon.config import parse_settings
+from daemon.ledger import Ledger
+from daemon.ledger.dashboard import Dashboard
+from daemon.ledger.queries import LedgerReader
+from daemon.logs import configure_logging
+from daemon.service import Service
+from daemon.web.app import LiveState, create_app
+from daemon.web.security import Guard
+
+
+def latency(cache: Path, count: int, runs: int) -> None:
+    path = cached_ledger(cache, count)
+    dashboard = Dashboard(LedgerReader(f"sqlite:///{path}", writer=False))
+    live = LiveState("local", "bench", health=lambda: None, last_poll=lambda: time.time())
+    end = START + SPAN
+    app = create_app(dashboard, live, guard=Guard(None), now=lambda: end)
+    client = app.test_client()
+    print(f"## latency at {count:,} revisions ({path.name}, {path.stat().st_size >> 20} MiB)")
+    print("| request | median ms | max ms |\n|---|---|---|")
+    for url in ("/", "/results", "/api/overview", "/failures"):
+        assert client.get(url).status_code == 200, url
+        median, worst = timed(lambda url=url: client.get(url), runs)
+        print(f"| GET {url} | {median:.1f} | {worst:.1f} |")
+    dashboard.close()
+
+
+def poll_page(url: str, stop: threading.Event) -> int:
+    fetched = 0
+    with requests.Session() as session:
+        while not stop.is_set():
+            paths = ["/api/overview"] + (["/"] if fetched % 5 == 0 else [])
+            for path in paths:
+                session.get(url + path, timeout=10).raise_for_status()
+                fetched += 1
+            stop.wait(1.0)
+    return fetched
+
+
+def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, int]:
+    root = folder / "RemoveBGProcess"
+    (root / "input").mkdir(parents=True)
+    for n, data in enumerate(images):
+        (root / "input" / f"{n:03d}.jpg").write_bytes(data)
+    settings = parse_settings({
+        "source": {"root": str(root), "settle_seconds": 0, "poll_interval": 0.5},
+        "ledger": {"url": f"sqlite:///{folder / 'ledger.sqlite3'}"},
+        "engine": {"workers": 2},
+        "http": {"enabled": page, "port": 0},
+        "log": {"format": "json", "level": "WARNING"},
+    })  # fmt: skip
+    Ledger(settings.ledger.url).migrate()
+    service = Service(settings)
+    stop = threading.Event()
+    fetched: list[int] = []
+    server = service.serve_http() if page else None
+    poller = None
+    if server is not None:
+        target = server.url.rstrip("/")
+        poller = threading.Thread(target=lambda: fetched.append(poll_page(target, stop)))
+        poller.start()
+    started = time.perf_counter()
+    try:
+        summary = service.run_once()
+        if service.thumbnails is not None:
+            service.thumbnails.wait_idle()  # the thumbnails' cost counts too
+        elapsed = time.perf_counter() - started
+    finally:
+        stop.set()
+        if poller is not None:
+            poller.join()
+        if server is not None:
+            server.close()
+        service.close()
+    assert sum(summary.counts.values()) == len(images), summary
+    return len(images) / elapsed, sum(fetched)
+
+
+def throughput(count: int, pairs: int) -> None:
+    images = []
+    for seed in range(count):
+        image, _ = product_shot(seed)
+        path = Path(tempfile.mkstemp(suffix=".jpg")[1])
+        image.save(path, quality=90)
+        images.append(path.read_bytes())
+        path.unlink()
+    print(f"\n## throughput, {count} images of 1024x1024 per run, local engine, 2 workers")
+    print("| pair | off (img/s) | on (img/s) | on/off | page requests served |")
+    print("|---|---|---|---|---|")
+    ratios = []
+    for pair in range(1, pairs + 1):
+        order = (False, True) if pair % 2 else (True, False)
+        rates: dict[bool, float] = {}
+        served = 0
+        for page in order:
+            with tempfile.TemporaryDirectory() as folder:
+                rates[page], fetched = one_run(Path(folder), images, page)
+                served = max(served, fetched)
+        ratios.append(rates[True] / rates[False])
+        print(f"| {pair} | {rates[False]:.3f} | {rates[True]:.3f} | {ratios[-1]:.3f} | {served} |")
+    cost = 1 - statistics.median(ratios)
+    print(f"\nmedian on/off {statistics.median(ratios):.3f}: the page costs {cost * 100:.1f} %")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/cutoutd-bench"))
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    configure_logging("WARNING", "json")
+    print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs,")
+    print(f"# Python {platform.python_version()}; load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
+    latency(args.cache, args.count, args.runs)
+    if not args.skip_throughput:
+        throughput(args.images, args.pairs)
+
+
+if __name__ == "__main__":
+    main()
