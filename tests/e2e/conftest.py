@@ -27,7 +27,9 @@ def run_cutoutd(
 def write_config(tmp_path: Path) -> Callable[..., Path]:
     def write(root: Path, extra: str = "", name: str = "cutoutd.toml") -> Path:
         path = tmp_path / name
-        http = "" if "[http]" in extra else "[http]\nport = 0\n"  # never the shared 9464
+        http = (
+            "" if "[http]" in extra or "[metrics]" in extra else "[http]\nport = 0\n"
+        )  # never the shared 9464
         path.write_text(
             f'[source]\nroot = "{root}"\nsettle_seconds = 0\npoll_interval = 0.5\n'
             f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.sqlite3"}"\n'

@@ -304,7 +304,8 @@ def test_notify_watchdog_metrics_and_drain_with_the_real_process(
     lines = (tmp_path / "stderr.log").read_text().splitlines()
     assert all(line.startswith("{") for line in lines), lines  # JSON lines only
     events = [json.loads(line)["event"] for line in lines]
-    assert {"service.ready", "metrics.listening", "service.stopping"} <= set(events)
+    assert {"service.ready", "http.listening", "service.stopping"} <= set(events)
+    assert events.count("config.deprecated") == 1  # the old [metrics] section still works
 
 
 def test_config_error_exits_78_before_ready(
