@@ -62,10 +62,11 @@ class WebServer:
         )
 
     def close(self) -> None:
+        """Finish the requests in hand, then stop listening and drop idle connections."""
+        self._server.task_dispatcher.shutdown(timeout=5)
         self._server.close()
         for channel in list(self._server._map.values()):  # keep-alive connections
             channel.close()
-        self._server.task_dispatcher.shutdown(timeout=5)
         self._thread.join(5)
         for release in self._closing:
             release()
