@@ -20,8 +20,8 @@
       legend: { show: true },
       series: [
         {},
-        { label: "succeeded", stroke: "#1f7a3a", fill: "rgba(31,122,58,0.35)", paths: bars },
-        { label: "failed", stroke: "#b3261e", fill: "rgba(179,38,30,0.45)", paths: bars }
+        { label: "succeeded", stroke: "#1f7a3a", fill: "rgba(31,122,58,0.35)", paths: bars, points: { show: false } },
+        { label: "failed", stroke: "#b3261e", fill: "rgba(179,38,30,0.45)", paths: bars, points: { show: false } }
       ],
       axes: [{}, { label: "images" }]
     };
