@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import logging
+import os
 import queue
 import threading
 from collections import deque

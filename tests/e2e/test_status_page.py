@@ -126,6 +126,7 @@ def test_status_page_in_chromium(daemon: tuple[Daemon, Path], tmp_path: Path) ->
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             check_pages(browser, url, config)
+            check_live_updates(browser, url, tmp_path / "RemoveBGProcess")
         finally:
             browser.close()
 
@@ -194,6 +195,32 @@ def check_pages(browser: Any, url: str, config: Path) -> None:
     mobile = phone.new_page()
     mobile.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     mobile.goto(url + "/")
-    assert mobile.evaluate("document.documentElement.scrollWidth") <= 390
+    wide = mobile.evaluate(
+        """() => [...document.querySelectorAll('body *')]
+            .filter(e => e.scrollWidth > 390 || e.getBoundingClientRect().right > 390)
+            .filter(e => !e.closest('.table-wrap') || e.classList.contains('table-wrap'))
+            .map(e => `${e.tagName}.${e.className} ${e.scrollWidth}`)"""
+    )
+    assert mobile.evaluate("document.documentElement.scrollWidth") <= 390, wide
     mobile.screenshot(path=str(ARTIFACTS / "status-page-phone.png"), full_page=True)
+    assert errors == []
+
+
+def check_live_updates(browser: Any, url: str, root: Path) -> None:
+    """An open overview follows the daemon without a reload: a new image's count and its
+    thumbnails appear by themselves."""
+    errors: list[str] = []
+    page = browser.new_page()
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(url + "/")
+    page.evaluate("window.loadedOnce = true")  # gone if the page reloaded
+    before = int(page.text_content('[data-count="today.succeeded"]'))
+    write_shape(root / "input" / "late.jpg", size=(320, 240), color=(200, 170, 20))
+    wait_for(
+        lambda: page.text_content('[data-count="today.succeeded"]') == str(before + 1),
+        60,
+        "the open page to count the new image",
+    )
+    page.wait_for_selector('.grid .caption:text("late.jpg")', timeout=30_000)
+    assert page.evaluate("window.loadedOnce") is True
     assert errors == []
