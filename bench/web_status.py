@@ -21,17 +21,17 @@ costs the pipeline.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,19 +63,29 @@ def latency(cache: Path, count: int, runs: int) -> None:
     dashboard.close()
 
 
-def poll_page(url: str, stop: threading.Event) -> int:
-    fetched = 0
-    with requests.Session() as session:
-        while not stop.is_set():
-            paths = ["/api/overview"] + (["/"] if fetched % 5 == 0 else [])
-            for path in paths:
-                session.get(url + path, timeout=10).raise_for_status()
-                fetched += 1
-            stop.wait(1.0)
-    return fetched
+POLLER = """
+import sys, time, requests
+url, fetched, session = sys.argv[1], 0, requests.Session()
+while sys.stdin.readable():
+    for path in ["/api/overview"] + (["/"] if fetched % 6 == 0 else []):
+        session.get(url + path, timeout=10).raise_for_status()
+        fetched += 1
+    time.sleep(1.0)
+"""
 
 
-def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, int]:
+def start_poller(url: str) -> subprocess.Popen[bytes]:
+    """The page's client in a process of its own: its CPU is not the daemon's."""
+    return subprocess.Popen([sys.executable, "-c", POLLER, url], stdin=subprocess.PIPE)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, float, int]:
+    """(images per second, CPU seconds of this process per image, page requests served)"""
     root = folder / "RemoveBGProcess"
     (root / "input").mkdir(parents=True)
     for n, data in enumerate(images):
@@ -89,29 +99,42 @@ def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, int]:
     })  # fmt: skip
     Ledger(settings.ledger.url).migrate()
     service = Service(settings)
-    stop = threading.Event()
-    fetched: list[int] = []
     server = service.serve_http() if page else None
-    poller = None
+    poller = start_poller(server.url.rstrip("/")) if server is not None else None
+    served = Counter()
     if server is not None:
-        target = server.url.rstrip("/")
-        poller = threading.Thread(target=lambda: fetched.append(poll_page(target, stop)))
-        poller.start()
-    started = time.perf_counter()
+        served.attach(service)
+    started, cpu = time.perf_counter(), cpu_seconds()
     try:
         summary = service.run_once()
         if service.thumbnails is not None:
             service.thumbnails.wait_idle()  # the thumbnails' cost counts too
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     finally:
-        stop.set()
         if poller is not None:
-            poller.join()
+            poller.kill()
+            poller.wait()
         if server is not None:
             server.close()
         service.close()
     assert sum(summary.counts.values()) == len(images), summary
-    return len(images) / elapsed, sum(fetched)
+    return len(images) / elapsed, cpu / len(images), served.count
+
+
+class Counter(logging.Handler):
+    """Counts the page's requests from waitress's access... there is none: from Flask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def attach(self, service: Service) -> None:
+        from flask import request_finished
+
+        request_finished.connect(self._finished, weak=False)
+
+    def _finished(self, sender: object, **extra: object) -> None:
+        self.count += 1
 
 
 def throughput(count: int, pairs: int) -> None:
@@ -123,21 +146,27 @@ def throughput(count: int, pairs: int) -> None:
         images.append(path.read_bytes())
         path.unlink()
     print(f"\n## throughput, {count} images of 1024x1024 per run, local engine, 2 workers")
-    print("| pair | off (img/s) | on (img/s) | on/off | page requests served |")
-    print("|---|---|---|---|---|")
-    ratios = []
+    print(
+        "| pair | off img/s | on img/s | on/off | off CPU s/img | on CPU s/img | on/off | requests |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    ratios, cpu_ratios = [], []
     for pair in range(1, pairs + 1):
         order = (False, True) if pair % 2 else (True, False)
         rates: dict[bool, float] = {}
+        cpu: dict[bool, float] = {}
         served = 0
         for page in order:
             with tempfile.TemporaryDirectory() as folder:
-                rates[page], fetched = one_run(Path(folder), images, page)
+                rates[page], cpu[page], fetched = one_run(Path(folder), images, page)
                 served = max(served, fetched)
         ratios.append(rates[True] / rates[False])
-        print(f"| {pair} | {rates[False]:.3f} | {rates[True]:.3f} | {ratios[-1]:.3f} | {served} |")
-    cost = 1 - statistics.median(ratios)
-    print(f"\nmedian on/off {statistics.median(ratios):.3f}: the page costs {cost * 100:.1f} %")
+        cpu_ratios.append(cpu[True] / cpu[False])
+        print(f"| {pair} | {rates[False]:.3f} | {rates[True]:.3f} | {ratios[-1]:.3f} "
+              f"| {cpu[False]:.3f} | {cpu[True]:.3f} | {cpu_ratios[-1]:.3f} | {served} |")  # fmt: skip
+    print(f"\nmedian throughput on/off {statistics.median(ratios):.3f}; median CPU per image "
+          f"on/off {statistics.median(cpu_ratios):.3f} (the page's share of the daemon's CPU: "
+          f"{(statistics.median(cpu_ratios) - 1) * 100:.1f} %)")  # fmt: skip
 
 
 def main() -> None:
