@@ -104,7 +104,12 @@ def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 def compose_output(image: Image.Image, mask: Image.Image, options: CutoutOptions) -> bytes:
-    """Apply `mask` (mode L, same size) to `image` (RGB or RGBA) and encode as `options` say.
+    """Apply `mask` (mode L, same size) to `image` (RGB or RGBA) and encode as `options` say."""
+    return encode(compose_image(image, mask, options), options.output_format)
+
+
+def compose_image(image: Image.Image, mask: Image.Image, options: CutoutOptions) -> Image.Image:
+    """Apply `mask` (mode L, same size) to `image` (RGB or RGBA) as `options` say.
 
     `mask` mode returns the alpha itself; `trim` crops to the visible subject; a
     `background_color` flattens the cutout onto an opaque colour.
@@ -120,7 +125,7 @@ def compose_output(image: Image.Image, mask: Image.Image, options: CutoutOptions
         result = _apply_alpha(image, alpha, options.background_color)
     if box is not None:
         result = result.crop(box)
-    return encode(result, options.output_format)
+    return result
 
 
 def _apply_alpha(image: Image.Image, alpha: Image.Image, background: Rgb | None) -> Image.Image:

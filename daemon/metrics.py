@@ -120,7 +120,13 @@ class Metrics:
     def retry_scheduled(self, rate_limited: bool) -> None:
         self.retries.labels("rate_limited" if rate_limited else "transient").inc()
 
-    def output_written(self, item: Item, input_data: bytes | None, output_data: bytes) -> None:
+    def output_written(
+        self,
+        item: Item,
+        input_data: bytes | None,
+        output_data: bytes,
+        previews: tuple[bytes, bytes] | None = None,
+    ) -> None:
         pass
 
     def item_failed(self, item: Item, reason: str) -> None:

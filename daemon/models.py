@@ -176,9 +176,13 @@ class EngineJob:
     record_submission: Callable[[SubmittedJob], None]
     submitted: SubmittedJob | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    previews: bool = False  # also return CutoutResult.previews (the status page wants them)
 
 
 @dataclass(frozen=True, slots=True)
 class CutoutResult:
     data: bytes
     output_format: OutputFormat
+    # Small WebP renderings (input, output) for the status page, when the engine made them
+    # from images it had decoded anyway (the local engine, when EngineJob.previews asks).
+    previews: tuple[bytes, bytes] | None = None

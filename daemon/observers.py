@@ -49,8 +49,14 @@ class Observers:
     def retry_scheduled(self, rate_limited: bool) -> None:
         self._each(lambda o: o.retry_scheduled(rate_limited))
 
-    def output_written(self, item: Item, input_data: bytes | None, output_data: bytes) -> None:
-        self._each(lambda o: o.output_written(item, input_data, output_data))
+    def output_written(
+        self,
+        item: Item,
+        input_data: bytes | None,
+        output_data: bytes,
+        previews: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        self._each(lambda o: o.output_written(item, input_data, output_data, previews))
 
     def item_failed(self, item: Item, reason: str) -> None:
         self._each(lambda o: o.item_failed(item, reason))

@@ -58,9 +58,16 @@ class PipelineObserver(Protocol):
 
     def retry_scheduled(self, rate_limited: bool) -> None: ...
 
-    def output_written(self, item: Item, input_data: bytes | None, output_data: bytes) -> None:
+    def output_written(
+        self,
+        item: Item,
+        input_data: bytes | None,
+        output_data: bytes,
+        previews: tuple[bytes, bytes] | None = None,
+    ) -> None:
         """An output was written; `input_data` when the engine read the input through
-        cutoutd (the local engine does; Photoshop fetches it from a link itself)."""
+        cutoutd (the local engine does; Photoshop fetches it from a link itself);
+        `previews` when the engine made small renderings (EngineJob.previews)."""
 
     def item_failed(self, item: Item, reason: str) -> None: ...
 
@@ -78,7 +85,13 @@ class NullObserver:
     def retry_scheduled(self, rate_limited: bool) -> None:
         pass
 
-    def output_written(self, item: Item, input_data: bytes | None, output_data: bytes) -> None:
+    def output_written(
+        self,
+        item: Item,
+        input_data: bytes | None,
+        output_data: bytes,
+        previews: tuple[bytes, bytes] | None = None,
+    ) -> None:
         pass
 
     def item_failed(self, item: Item, reason: str) -> None:
@@ -115,6 +128,8 @@ class Pipeline:
         self.settings = settings
         self.stop = stop
         self.observer: PipelineObserver = observer or NullObserver()
+        http = settings.http
+        self.wants_previews = http.enabled and http.thumbnails > 0  # for the status page
         self.relocator = Relocator(storage, ledger, stop)
 
     # -- discovery ------------------------------------------------------------------------
@@ -229,6 +244,7 @@ class Pipeline:
             temporary_link=lambda: self.storage.temporary_link(file),
             record_submission=record_submission,
             submitted=submitted,
+            previews=self.wants_previews,
         )
         started = time.monotonic()
         try:
@@ -246,7 +262,7 @@ class Pipeline:
         candidates = output_candidates(item.path, result.output_format.value)
         output = self.ledger.reserve_output(item.id, item.path_lower, candidates)
         self.storage.write(Area.OUTPUT, output, result.data)
-        self.observer.output_written(item, held[0] if held else None, result.data)
+        self.observer.output_written(item, held[0] if held else None, result.data, result.previews)
         relocate = RELOCATE_FOR_POLICY[self.settings.archive.policy]
         self.ledger.transition(
             item.id,

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.errors import EngineUnavailableError
 from daemon.models import CutoutResult, EngineJob
+from daemon.previews import preview
 
 if TYPE_CHECKING:
     import numpy as np
@@ -270,10 +271,12 @@ class LocalEngine:
             try:
                 image = imaging.decode_image(data, max_pixels=self.max_pixels)
                 mask = self._predict_mask(session, image)
-                output = imaging.compose_output(image, mask, job.options)
+                composed = imaging.compose_image(image, mask, job.options)
+                output = imaging.encode(composed, job.options.output_format)
             finally:
                 self._leave()
-        return CutoutResult(output, job.options.output_format)
+        previews = (preview(image), preview(composed)) if job.previews else None
+        return CutoutResult(output, job.options.output_format, previews)
 
     def close(self) -> None:
         with self._releasing, self._lock:  # waits for an idle release in progress

@@ -23,11 +23,10 @@ from PIL import Image, ImageOps
 from daemon.logs import context
 from daemon.models import Item
 from daemon.pipeline import NullObserver
+from daemon.previews import SIZE, preview
 
 log = logging.getLogger(__name__)
 SIDES = ("before", "after")
-SIZE = 320  # longest side, in pixels
-QUALITY = 80
 BACKLOG = 32  # outputs waiting for their thumbnails before new ones are skipped
 NICE = 10  # the thread yields the CPU to the pipeline's own work
 
@@ -37,15 +36,7 @@ def thumbnail_bytes(data: bytes, size: int = SIZE) -> bytes:
     with Image.open(io.BytesIO(data)) as opened:
         opened.draft("RGB", (size, size))  # JPEG: decode at a fraction of full size
         image = ImageOps.exif_transpose(opened)
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    image = image.convert("RGBA" if has_alpha else "RGB")
-    factor = max(image.size) // size
-    if factor > 1:  # a box reduction first: a third of the time of a full resample
-        image = image.reduce(factor)
-    image.thumbnail((size, size))
-    out = io.BytesIO()
-    image.save(out, "WEBP", quality=QUALITY, method=2)
-    return out.getvalue()
+    return preview(image, size)
 
 
 class Thumbnails(NullObserver):
@@ -84,8 +75,17 @@ class Thumbnails(NullObserver):
 
     # -- PipelineObserver -------------------------------------------------------------------
 
-    def output_written(self, item: Item, input_data: bytes | None, output_data: bytes) -> None:
+    def output_written(
+        self,
+        item: Item,
+        input_data: bytes | None,
+        output_data: bytes,
+        previews: tuple[bytes, bytes] | None = None,
+    ) -> None:
         if not self._thread.is_alive():
+            return
+        if previews is not None:  # made by the engine from images it had decoded anyway
+            self._store(item.id, previews)
             return
         try:
             self._queue.put_nowait((item.id, input_data, output_data))
@@ -119,11 +119,15 @@ class Thumbnails(NullObserver):
 
     def make(self, item_id: int, input_data: bytes | None, output_data: bytes) -> None:
         """Write `<id>-before.webp` (when the input is held) and `<id>-after.webp`."""
-        for side, data in zip(SIDES, (input_data, output_data), strict=True):
+        before = thumbnail_bytes(input_data) if input_data is not None else None
+        self._store(item_id, (before, thumbnail_bytes(output_data)))
+
+    def _store(self, item_id: int, thumbnails: tuple[bytes | None, bytes]) -> None:
+        for side, data in zip(SIDES, thumbnails, strict=True):
             if data is not None:
                 target = self.folder / f"{item_id}-{side}.webp"
-                partial = target.with_suffix(".part")
-                partial.write_bytes(thumbnail_bytes(data))
+                partial = target.with_suffix(f".{threading.get_ident()}.part")
+                partial.write_bytes(data)
                 partial.replace(target)
         with self._lock:
             if item_id not in self._ids:

@@ -375,3 +375,18 @@ def test_idle_engine_hands_its_memory_back_and_still_works() -> None:
         engine.close()
     with pytest.raises(EngineUnavailableError, match="before start"):
         engine.cut_out(job(encoded(image, "PNG")))
+
+
+def test_previews_for_the_status_page_only_when_asked(engine: LocalEngine) -> None:
+    from dataclasses import replace
+
+    image, mask = scene((800, 600), "disc")
+    data = encoded(image, "JPEG", quality=92)
+    assert engine.cut_out(job(data)).previews is None
+    result = engine.cut_out(replace(job(data), previews=True))
+    assert result.previews is not None
+    before, after = (decoded(p) for p in result.previews)
+    assert result.previews[0][8:12] == b"WEBP" and (before.size, before.mode) == ((320, 240), "RGB")
+    assert (after.size, after.mode) == ((320, 240), "RGBA")
+    small_mask = mask.resize((320, 240))
+    assert iou(after.getchannel("A"), small_mask) >= 0.9  # the cutout, not the input
