@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.errors import EngineUnavailableError
 from daemon.models import CutoutResult, EngineJob
-from daemon.previews import preview
 
 if TYPE_CHECKING:
     import numpy as np
@@ -275,7 +274,7 @@ class LocalEngine:
                 output = imaging.encode(composed, job.options.output_format)
             finally:
                 self._leave()
-        previews = (preview(image), preview(composed)) if job.previews else None
+        previews = imaging.previews(image, mask, job.options) if job.previews else None
         return CutoutResult(output, job.options.output_format, previews)
 
     def close(self) -> None:

@@ -386,7 +386,7 @@ def test_previews_for_the_status_page_only_when_asked(engine: LocalEngine) -> No
     result = engine.cut_out(replace(job(data), previews=True))
     assert result.previews is not None
     before, after = (decoded(p) for p in result.previews)
-    assert result.previews[0][8:12] == b"WEBP" and (before.size, before.mode) == ((320, 240), "RGB")
-    assert (after.size, after.mode) == ((320, 240), "RGBA")
-    small_mask = mask.resize((320, 240))
+    assert result.previews[0][8:12] == b"WEBP" and (before.size, before.mode) == ((267, 200), "RGB")
+    assert (after.size, after.mode) == ((267, 200), "RGBA")
+    small_mask = mask.resize((267, 200))
     assert iou(after.getchannel("A"), small_mask) >= 0.9  # the cutout, not the input
