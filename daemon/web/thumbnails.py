@@ -1,10 +1,12 @@
 """Before/after thumbnails for the status page, made once when an output is written.
 
-They come from bytes cutoutd already holds (the input the local engine read, the output
-just written), never from storage on page load. A background thread does the decoding so
-that the pipeline's worker goes straight on; when it falls behind, thumbnails are skipped
-rather than queued without bound, and the thread runs at a lower CPU priority (nice 10). At most `keep` images' thumbnails stay in the folder
-(the state directory); the oldest go first.
+They come from what cutoutd already holds, never from storage on page load: the previews
+the local engine made from the images it decoded anyway (EngineJob.previews), stored as
+they are; or, when an engine made none (Photoshop), the output just written (and the
+input, when it was read through cutoutd), decoded on a background thread at a lower CPU
+priority (nice 10) so that the pipeline's worker goes straight on. When that thread falls
+behind, thumbnails are skipped rather than queued without bound. At most `keep` images'
+thumbnails stay in the folder (the state directory); the oldest go first.
 """
 
 from __future__ import annotations
