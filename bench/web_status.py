@@ -13,8 +13,9 @@ costs the pipeline.
    --images synthetic 1024x1024 product shots (bench/local_engine.py's) through
    `run_once`, with `[http] enabled = false` ("off") and with the page on ("on": the
    server, before/after thumbnails for every output, and one client fetching
-   /api/overview every second and `/` every 5 seconds, five times what an open page
-   polls). Runs alternate off/on so that load on this shared machine hits both alike;
+   /api/overview every --poll seconds (default 1: five times what an open page polls)
+   and `/` every sixth time). CPU seconds of the daemon's process per image are reported
+   beside the wall-clock rate: on this shared machine they vary far less with the load. Runs alternate off/on so that load on this shared machine hits both alike;
    the ratio on/off of images per second is taken per pair.
 """
 
@@ -65,18 +66,20 @@ def latency(cache: Path, count: int, runs: int) -> None:
 
 POLLER = """
 import sys, time, requests
-url, fetched, session = sys.argv[1], 0, requests.Session()
+url, every, fetched, session = sys.argv[1], float(sys.argv[2]), 0, requests.Session()
 while sys.stdin.readable():
     for path in ["/api/overview"] + (["/"] if fetched % 6 == 0 else []):
         session.get(url + path, timeout=10).raise_for_status()
         fetched += 1
-    time.sleep(1.0)
+    time.sleep(every)
 """
+POLL_SECONDS = 1.0  # --poll: an open page asks every 5 s
 
 
 def start_poller(url: str) -> subprocess.Popen[bytes]:
     """The page's client in a process of its own: its CPU is not the daemon's."""
-    return subprocess.Popen([sys.executable, "-c", POLLER, url], stdin=subprocess.PIPE)
+    command = [sys.executable, "-c", POLLER, url, str(POLL_SECONDS)]
+    return subprocess.Popen(command, stdin=subprocess.PIPE)
 
 
 def cpu_seconds() -> float:
@@ -176,8 +179,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
+    global POLL_SECONDS
+    POLL_SECONDS = args.poll
     configure_logging("WARNING", "json")
     print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs,")
     print(f"# Python {platform.python_version()}; load average before: "
