@@ -22,7 +22,6 @@ costs the pipeline.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import resource
@@ -106,7 +105,7 @@ def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, float
     poller = start_poller(server.url.rstrip("/")) if server is not None else None
     served = Counter()
     if server is not None:
-        served.attach(service)
+        served.attach()
     started, cpu = time.perf_counter(), cpu_seconds()
     try:
         summary = service.run_once()
@@ -124,14 +123,13 @@ def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, float
     return len(images) / elapsed, cpu / len(images), served.count
 
 
-class Counter(logging.Handler):
-    """Counts the page's requests from waitress's access... there is none: from Flask."""
+class Counter:
+    """Requests the page served from now on (Flask's `request_finished` signal)."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.count = 0
 
-    def attach(self, service: Service) -> None:
+    def attach(self) -> None:
         from flask import request_finished
 
         request_finished.connect(self._finished, weak=False)
