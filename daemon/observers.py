@@ -1,4 +1,5 @@
-"""Several pipeline observers behind one (metrics, thumbnails, alerts, the terminal).
+"""What the pipeline tells its observers (metrics, thumbnails, alerts, the terminal), and
+several observers behind one.
 
 An observer's failure is logged and never reaches the pipeline: watching must not break
 the work watched.
@@ -8,13 +9,64 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from daemon.logs import context
 from daemon.models import Item
-from daemon.pipeline import PipelineObserver
 
 log = logging.getLogger(__name__)
+
+
+class PipelineObserver(Protocol):
+    """What metrics, thumbnails, alerts and the terminal want to know about outcomes (see
+    daemon.metrics.Metrics, daemon.web.thumbnails, daemon.alerts, daemon.terminal)."""
+
+    def engine_finished(self, engine: str, seconds: float) -> None: ...
+
+    def job_submitted(self, engine: str) -> None: ...
+
+    def item_finished(self, outcome: str, seconds_since_discovery: float) -> None: ...
+
+    def retry_scheduled(self, rate_limited: bool) -> None: ...
+
+    def output_written(
+        self,
+        item: Item,
+        input_data: bytes | None,
+        output_data: bytes,
+        previews: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """An output was written; `input_data` when the engine read the input through
+        cutoutd (the local engine does; Photoshop fetches it from a link itself);
+        `previews` when the engine made small renderings (EngineJob.previews)."""
+
+    def item_failed(self, item: Item, reason: str) -> None: ...
+
+
+class NullObserver:
+    def engine_finished(self, engine: str, seconds: float) -> None:
+        pass
+
+    def job_submitted(self, engine: str) -> None:
+        pass
+
+    def item_finished(self, outcome: str, seconds_since_discovery: float) -> None:
+        pass
+
+    def retry_scheduled(self, rate_limited: bool) -> None:
+        pass
+
+    def output_written(
+        self,
+        item: Item,
+        input_data: bytes | None,
+        output_data: bytes,
+        previews: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        pass
+
+    def item_failed(self, item: Item, reason: str) -> None:
+        pass
 
 
 class Observers:

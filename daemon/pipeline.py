@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from pathlib import PurePosixPath
-from typing import Protocol
 
 from daemon.config import Settings
 from daemon.engines.base import Engine
@@ -29,6 +28,8 @@ from daemon.errors import (
 from daemon.ledger import Ledger
 from daemon.logs import context
 from daemon.models import Area, EngineJob, Item, ItemStatus, SubmittedJob
+from daemon.observers import NullObserver as NullObserver
+from daemon.observers import PipelineObserver as PipelineObserver
 from daemon.relocation import RELOCATE_FOR_POLICY, Relocator
 from daemon.secrets import redact
 from daemon.storage.base import Storage
@@ -44,58 +45,6 @@ class Discovery:
     added: int = 0
     deleted: int = 0
     settling: int = 0
-
-
-class PipelineObserver(Protocol):
-    """What metrics, thumbnails, alerts and the terminal want to know about outcomes (see
-    daemon.metrics.Metrics, daemon.web.thumbnails, daemon.alerts, daemon.terminal)."""
-
-    def engine_finished(self, engine: str, seconds: float) -> None: ...
-
-    def job_submitted(self, engine: str) -> None: ...
-
-    def item_finished(self, outcome: str, seconds_since_discovery: float) -> None: ...
-
-    def retry_scheduled(self, rate_limited: bool) -> None: ...
-
-    def output_written(
-        self,
-        item: Item,
-        input_data: bytes | None,
-        output_data: bytes,
-        previews: tuple[bytes, bytes] | None = None,
-    ) -> None:
-        """An output was written; `input_data` when the engine read the input through
-        cutoutd (the local engine does; Photoshop fetches it from a link itself);
-        `previews` when the engine made small renderings (EngineJob.previews)."""
-
-    def item_failed(self, item: Item, reason: str) -> None: ...
-
-
-class NullObserver:
-    def engine_finished(self, engine: str, seconds: float) -> None:
-        pass
-
-    def job_submitted(self, engine: str) -> None:
-        pass
-
-    def item_finished(self, outcome: str, seconds_since_discovery: float) -> None:
-        pass
-
-    def retry_scheduled(self, rate_limited: bool) -> None:
-        pass
-
-    def output_written(
-        self,
-        item: Item,
-        input_data: bytes | None,
-        output_data: bytes,
-        previews: tuple[bytes, bytes] | None = None,
-    ) -> None:
-        pass
-
-    def item_failed(self, item: Item, reason: str) -> None:
-        pass
 
 
 def output_candidates(input_path: str, extension: str) -> list[str]:

@@ -34,8 +34,8 @@ from daemon.ledger import Ledger
 from daemon.logs import context
 from daemon.models import Item, ItemStatus
 from daemon.notify import Notifier
-from daemon.observers import Observers
-from daemon.pipeline import Pipeline, PipelineObserver
+from daemon.observers import Observers, PipelineObserver
+from daemon.pipeline import Pipeline
 from daemon.secrets import redact
 from daemon.storage.base import Storage
 

@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from daemon.pipeline import NullObserver
+from daemon.observers import NullObserver
 from daemon.secrets import redact
 
 CONSOLE = Console(stderr=True, highlight=False)

@@ -22,7 +22,7 @@ from daemon.alerts.messages import (
 from daemon.alerts.senders import Sender
 from daemon.config_notify import NotifySettings
 from daemon.models import Item
-from daemon.pipeline import NullObserver
+from daemon.observers import NullObserver
 
 STORM_WINDOW = timedelta(minutes=5)
 Trouble = Callable[[datetime, float], str | None]  # (now, threshold s) -> reason or None

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 from daemon.logs import context
 from daemon.models import Item
-from daemon.pipeline import NullObserver
+from daemon.observers import NullObserver
 from daemon.previews import SIZE, preview
 
 log = logging.getLogger(__name__)
