@@ -29,14 +29,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ledger_audit import SPAN, START, cached_ledger, timed
 from bench.local_engine import product_shot
+from daemon import imaging
 from daemon.config import parse_settings
 from daemon.ledger import Ledger
 from daemon.ledger.dashboard import Dashboard
@@ -75,6 +78,9 @@ while sys.stdin.readable():
 POLL_SECONDS = 1.0  # --poll: an open page asks every 5 s
 
 
+ORIGINAL_PREVIEWS = imaging.previews
+
+
 def start_poller(url: str) -> subprocess.Popen[bytes]:
     """The page's client in a process of its own: its CPU is not the daemon's."""
     command = [sys.executable, "-c", POLLER, url, str(POLL_SECONDS)]
@@ -86,8 +92,8 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, float, int]:
-    """(images per second, CPU seconds of this process per image, page requests served)"""
+def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, float, PageCpu]:
+    """(images per second, CPU seconds of this process per image, the page's own CPU)"""
     root = folder / "RemoveBGProcess"
     (root / "input").mkdir(parents=True)
     for n, data in enumerate(images):
@@ -103,7 +109,7 @@ def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, float
     service = Service(settings)
     server = service.serve_http() if page else None
     poller = start_poller(server.url.rstrip("/")) if server is not None else None
-    served = Counter()
+    served = PageCpu()
     if server is not None:
         served.attach()
     started, cpu = time.perf_counter(), cpu_seconds()
@@ -119,23 +125,47 @@ def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, float
         if server is not None:
             server.close()
         service.close()
+        imaging.previews = ORIGINAL_PREVIEWS  # type: ignore[assignment]
     assert sum(summary.counts.values()) == len(images), summary
-    return len(images) / elapsed, cpu / len(images), served.count
+    return len(images) / elapsed, cpu, served
 
 
-class Counter:
-    """Requests the page served from now on (Flask's `request_finished` signal)."""
+class PageCpu:
+    """The CPU the page's own work takes, attributed exactly: each request's thread CPU
+    (Flask's request signals, on the waitress thread that serves it) and each preview
+    the engine makes (daemon.imaging.previews, wrapped)."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.requests = 0
+        self.request_seconds = 0.0
+        self.preview_seconds = 0.0
+        self._local = threading.local()
+        self._lock = threading.Lock()
 
     def attach(self) -> None:
-        from flask import request_finished
+        from flask import request_finished, request_started
 
+        request_started.connect(self._started, weak=False)
         request_finished.connect(self._finished, weak=False)
+        original = imaging.previews
+
+        def timed_previews(*args: Any, **kwargs: Any) -> tuple[bytes, bytes]:
+            started = time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.preview_seconds += time.thread_time() - started
+
+        imaging.previews = timed_previews  # type: ignore[assignment]
+
+    def _started(self, sender: object, **extra: object) -> None:
+        self._local.started = time.thread_time()
 
     def _finished(self, sender: object, **extra: object) -> None:
-        self.count += 1
+        with self._lock:
+            self.requests += 1
+            self.request_seconds += time.thread_time() - self._local.started
 
 
 def throughput(count: int, pairs: int) -> None:
