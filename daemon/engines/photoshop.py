@@ -17,13 +17,14 @@ from urllib.parse import quote
 
 import requests
 
+from daemon import imaging
 from daemon.config import PhotoshopSettings
 from daemon.engines.photoshop_wire import (
     JobTimedOutError,
     Reply,
     ResubmitNeededError,
     StaleJobError,
-    check_format,
+    check_png,
     describe_exception,
     failed_job_error,
     json_object,
@@ -39,10 +40,11 @@ from daemon.errors import (
     AuthError,
     CutoutdError,
     EngineUnavailableError,
+    PermanentItemError,
     RateLimitedError,
     TransientError,
 )
-from daemon.models import CutoutResult, EngineJob, SubmittedJob
+from daemon.models import Cutout, EngineJob, SubmittedJob
 from daemon.secrets import read_secret, redact_url, register_secret
 
 log = logging.getLogger(__name__)
@@ -146,7 +148,7 @@ class PhotoshopEngine:
         with self._counts_lock:
             return PhotoshopStats(**self._counts)
 
-    def cut_out(self, job: EngineJob) -> CutoutResult:
+    def cut_out(self, job: EngineJob) -> Cutout:
         with self._in_flight_slot():
             submitted, resumed = job.submitted, job.submitted is not None
             if submitted is None:
@@ -164,14 +166,15 @@ class PhotoshopEngine:
 
     # -- one job ---------------------------------------------------------------------------
 
-    def _finish(self, job: EngineJob, submitted: SubmittedJob, *, resumed: bool) -> CutoutResult:
+    def _finish(self, job: EngineJob, submitted: SubmittedJob, *, resumed: bool) -> Cutout:
         try:
             url = self._wait_for_result(submitted, resumed=resumed)
         except CutoutdError:
             self._count("failed")
             raise
         data = self._fetch_result(submitted.job_id, url)
-        check_format(submitted.job_id, data, job.options.output_format)
+        check_png(submitted.job_id, data)
+        cutout = decode_cutout(submitted.job_id, data)
         self._count("succeeded")
         log.debug(
             "Adobe job %s succeeded (%d bytes)",
@@ -179,9 +182,9 @@ class PhotoshopEngine:
             len(data),
             extra=_context(job, "photoshop.downloaded", submitted.job_id),
         )
-        return CutoutResult(data, job.options.output_format)
+        return cutout
 
-    def _resubmit(self, job: EngineJob, old: SubmittedJob, reason: str) -> CutoutResult:
+    def _resubmit(self, job: EngineJob, old: SubmittedJob, reason: str) -> Cutout:
         job.extra["resubmitted"] = reason
         self._count("resubmissions")
         submitted = self._submit(job)
@@ -219,7 +222,7 @@ class PhotoshopEngine:
         for _ in range(MAX_RATE_LIMITED_RETRIES + 1):
             with self._limiter.slot(self._stop):
                 link = job.temporary_link()
-                body = request_body(link, job.options, self._settings.color_decontamination)
+                body = request_body(link, self._settings.color_decontamination)
                 reply = self._call("POST", url, json_body=body)
             if reply.status != 429:
                 return reply
@@ -404,6 +407,17 @@ class PhotoshopEngine:
     def _count(self, name: str) -> None:
         with self._counts_lock:
             self._counts[name] += 1
+
+
+def decode_cutout(job_id: str, data: bytes) -> Cutout:
+    """Adobe's full-resolution PNG cutout as the image and its alpha."""
+    try:
+        image = imaging.decode_image(data)
+    except PermanentItemError as exc:
+        raise PermanentItemError(f"Adobe job {job_id} returned an unreadable PNG: {exc}") from None
+    if image.mode != "RGBA":
+        raise PermanentItemError(f"Adobe job {job_id} returned a PNG without transparency")
+    return Cutout(image, image.getchannel("A"))
 
 
 def _context(job: EngineJob, event: str, job_id: str) -> dict[str, Any]:
