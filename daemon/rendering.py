@@ -41,6 +41,10 @@ class Layout:
 
 def render(cutout: Cutout, spec: OutputSpec) -> bytes:
     """The bytes of one output of `cutout`, as `spec` says."""
+    if cutout.alpha.size != cutout.image.size:
+        raise ValueError(
+            f"alpha size {cutout.alpha.size} differs from image size {cutout.image.size}"
+        )
     layout = plan_layout(cutout.image.size, _box_for(cutout, spec), spec)
     if spec.mode is Mode.MASK:
         picture = _place_mask(cutout.alpha, layout)

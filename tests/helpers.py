@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from daemon.errors import PermanentItemError
-from daemon.models import CutoutResult, EngineJob
+from daemon.models import Cutout, EngineJob
 
 
 def shape_image(
@@ -69,7 +69,7 @@ class ChromaKeyEngine:
     def close(self) -> None:
         pass
 
-    def cut_out(self, job: EngineJob) -> CutoutResult:
+    def cut_out(self, job: EngineJob) -> Cutout:
         self.calls += 1
         data = job.read_bytes()
         if self.fail_with:
@@ -79,12 +79,8 @@ class ChromaKeyEngine:
             image.load()
         except (OSError, SyntaxError) as exc:
             raise PermanentItemError(f"not an image: {exc}") from exc
-        image = image.convert("RGBA")
+        image = image.convert("RGB")
         pixels = np.asarray(image).astype(int)
-        distance = np.abs(pixels[:, :, :3] - pixels[0, 0, :3]).sum(axis=2)
-        pixels[:, :, 3] = np.where(distance > 60, 255, 0)
-        out = io.BytesIO()
-        Image.fromarray(pixels.astype(np.uint8), "RGBA").save(
-            out, job.options.output_format.value.upper()
-        )
-        return CutoutResult(out.getvalue(), job.options.output_format)
+        distance = np.abs(pixels - pixels[0, 0]).sum(axis=2)
+        alpha = np.where(distance > 60, 255, 0).astype(np.uint8)
+        return Cutout(image, Image.fromarray(alpha, "L"))

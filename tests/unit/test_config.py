@@ -8,7 +8,7 @@ import pytest
 
 from daemon.config import load_settings, parse_settings
 from daemon.errors import ConfigError
-from daemon.models import Mode, OutputFormat, Rgb
+from daemon.models import Mode, OutputFormat, OutputSpec, Rgb
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
@@ -38,7 +38,7 @@ def _defaults_by_section() -> dict[str, list[str]]:
     settings = load_settings(None)
     result: dict[str, list[str]] = {}
     for section in fields(settings):
-        if section.name == "config_path":
+        if section.name in ("config_path", "profiles"):
             continue
         keys = [f.name for f in fields(getattr(settings, section.name))]
         if section.name == "engine":
@@ -49,6 +49,8 @@ def _defaults_by_section() -> dict[str, list[str]]:
                 "background_color",
             ]
         result[section.name] = keys
+    result["[profile]"] = ["name", "match", "engine"]
+    result["[profile.output]"] = [f.name for f in fields(OutputSpec)]
     return result
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from daemon.errors import RateLimitedError, TransientError, UnreachableError
 from daemon.models import ItemStatus
-from daemon.pipeline import output_candidates
+from daemon.profiles import output_candidates
 from daemon.service import Service
 from tests.helpers import ChromaKeyEngine, alpha_iou, write_shape
 
