@@ -50,6 +50,13 @@ def alpha_iou(png: bytes, mask: np.ndarray) -> float:
     return float(np.logical_and(alpha, mask).sum() / union) if union else 1.0
 
 
+def cutout_iou(cutout: Cutout, mask: np.ndarray) -> float:
+    """Intersection over union of an engine's cutout alpha and a known mask."""
+    alpha = np.asarray(cutout.alpha) > 127
+    union = np.logical_or(alpha, mask).sum()
+    return float(np.logical_and(alpha, mask).sum() / union) if union else 1.0
+
+
 class ChromaKeyEngine:
     """A fast engine for pipeline tests: keys out the colour of the top-left pixel.
 
