@@ -4,6 +4,7 @@ counted from 1). `config` calls `read_profiles` and reports the problems togethe
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
@@ -158,6 +159,9 @@ def _ratio(
     if key == "aspect":  # '1.91:1' -> (191, 100): keep the ratio in whole numbers
         first, second = first * 100, second * 100
     width, height = round(first), round(second)
+    if key == "aspect" and width and height:
+        divisor = math.gcd(width, height)
+        width, height = width // divisor, height // divisor
     limit = MAX_CANVAS_SIDE if key == "canvas" else None
     if width < 1 or height < 1 or (limit and max(width, height) > limit):
         r.problem(key, f"sides must be between 1 and {limit or 'any'}, got {value!r}")
