@@ -13,7 +13,6 @@ from PIL import Image
 from tests.e2e.conftest import run_cutoutd
 from tests.helpers import alpha_iou, write_shape
 
-
 AMAZON = """
 [[profile]]
 name = "amazon"
