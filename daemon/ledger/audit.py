@@ -162,7 +162,7 @@ class LedgerAudit:
             conditions.append(ItemRow.archived_path == text)
         elif area == Area.OUTPUT:
             written = select(OutputRow.item_id).where(OutputRow.path_lower == rest.lower())
-            conditions.append(ItemRow.id.in_(written))
+            conditions += [ItemRow.output_path == rest, ItemRow.id.in_(written)]
         for condition in conditions:
             keys = connection.scalars(select(ItemRow.path_lower).where(condition).distinct()).all()
             if keys:
