@@ -5,12 +5,14 @@ duplicate, copied from the revision whose bytes it repeats."""
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from pathlib import PurePosixPath
 
 from daemon import rendering
 from daemon.ledger import Ledger
 from daemon.logs import context
-from daemon.models import Area, Cutout, Item, OutputRecord, OutputSpec, Profile
+from daemon.models import Area, EngineResult, Item, OutputRecord, OutputSpec, Profile
 from daemon.profiles import output_candidates
 from daemon.storage.base import Storage
 
@@ -18,16 +20,23 @@ log = logging.getLogger(__name__)
 
 
 class OutputWriter:
-    def __init__(self, storage: Storage, ledger: Ledger) -> None:
+    """`renders`: images decoded and rendered at once, at most (the Photoshop engine may
+    have many jobs finish together; each decoded cutout holds its pixels in memory)."""
+
+    def __init__(self, storage: Storage, ledger: Ledger, renders: int | None = None) -> None:
         self.storage = storage
         self.ledger = ledger
+        self._renders = threading.BoundedSemaphore(renders or max(2, os.cpu_count() or 1))
 
-    def write_all(self, item: Item, profile: Profile, cutout: Cutout) -> list[str]:
+    def write_all(self, item: Item, profile: Profile, result: EngineResult) -> list[str]:
         """Every output of `profile`, each written and recorded before the next; the paths
         relative to output/, in the profile's order."""
+        with self._renders:
+            cutout = rendering.decoded(result)
+            rendered = [rendering.render(cutout, spec) for spec in profile.outputs]
+        del cutout
         paths = []
-        for slot, spec in enumerate(profile.outputs):
-            data = rendering.render(cutout, spec)
+        for slot, (spec, data) in enumerate(zip(profile.outputs, rendered, strict=True)):
             path = self._reserve(item, slot, spec)
             self.storage.write(Area.OUTPUT, path, data)
             self.ledger.record_output_written(item.id, slot, len(data))

@@ -221,6 +221,19 @@ class Cutout:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedCutout:
+    """A cutout still encoded (a remote engine's PNG with alpha), decoded only when the
+    outputs are rendered, so that jobs waiting in flight hold bytes, not pixels. `source`
+    names it in errors ("Adobe job ...")."""
+
+    data: bytes
+    source: str
+
+
+EngineResult = Cutout | EncodedCutout
+
+
+@dataclass(frozen=True, slots=True)
 class Item:
     """One ledger row: one input revision and where it stands."""
 

@@ -189,7 +189,6 @@ class Pipeline:
             "result_received",
             engine=engine.name,
             seconds=round(time.monotonic() - started, 3),
-            size=f"{cutout.image.width}x{cutout.image.height}",
         )
         self._require_current(item)
         outputs = self.writer.write_all(item, profile, cutout)

@@ -17,8 +17,9 @@ from functools import cache
 
 from PIL import Image, ImageCms
 
-from daemon.imaging import PNG_COMPRESS_LEVEL, WEBP_METHOD, subject_box
-from daemon.models import Align, Cutout, Mode, OutputFormat, OutputSpec, Rgb
+from daemon.errors import PermanentItemError
+from daemon.imaging import PNG_COMPRESS_LEVEL, WEBP_METHOD, decode_image, subject_box
+from daemon.models import Align, Cutout, EngineResult, Mode, OutputFormat, OutputSpec, Rgb
 
 WHITE = Rgb(255, 255, 255)
 # Lanczos is applied after a box reduction down to REDUCING_GAP times the target: the same
@@ -37,6 +38,19 @@ class Layout:
     size: tuple[int, int]
     offset: tuple[int, int]
     frame: tuple[int, int]
+
+
+def decoded(result: EngineResult) -> Cutout:
+    """The pixels of an engine's result; an encoded one must be a PNG with transparency."""
+    if isinstance(result, Cutout):
+        return result
+    try:
+        image = decode_image(result.data)
+    except PermanentItemError as exc:
+        raise PermanentItemError(f"{result.source} returned an unreadable PNG: {exc}") from None
+    if image.mode != "RGBA":
+        raise PermanentItemError(f"{result.source} returned a PNG without transparency")
+    return Cutout(image, image.getchannel("A"))
 
 
 def render(cutout: Cutout, spec: OutputSpec) -> bytes:

@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from daemon.errors import PermanentItemError
-from daemon.models import Cutout, EngineJob
+from daemon.models import Cutout, EngineJob, EngineResult
+from daemon.rendering import decoded
 
 
 def shape_image(
@@ -50,9 +51,9 @@ def alpha_iou(png: bytes, mask: np.ndarray) -> float:
     return float(np.logical_and(alpha, mask).sum() / union) if union else 1.0
 
 
-def cutout_iou(cutout: Cutout, mask: np.ndarray) -> float:
+def cutout_iou(result: EngineResult, mask: np.ndarray) -> float:
     """Intersection over union of an engine's cutout alpha and a known mask."""
-    alpha = np.asarray(cutout.alpha) > 127
+    alpha = np.asarray(decoded(result).alpha) > 127
     union = np.logical_or(alpha, mask).sum()
     return float(np.logical_and(alpha, mask).sum() / union) if union else 1.0
 

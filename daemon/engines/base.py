@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from daemon.models import Cutout, EngineJob
+from daemon.models import EngineJob, EngineResult
 
 
 class Engine(Protocol):
-    """Turns one input image into one cutout: the upright sRGB image and its alpha, at the
-    input's full resolution. Every output is rendered from it (daemon.rendering).
+    """Turns one input image into one cutout at the input's full resolution: a `Cutout`
+    (the upright sRGB image and its alpha) or an `EncodedCutout` (a PNG with alpha, decoded
+    when the outputs are rendered). Every output is rendered from it (daemon.rendering).
 
     Raises `PermanentItemError` for inputs that can never succeed, `TransientError`
     (or `RateLimitedError`) for trouble worth retrying, `AuthError` for bad credentials.
@@ -29,6 +30,6 @@ class Engine(Protocol):
         """Load models / check credentials once. Raises EngineUnavailableError or AuthError."""
         ...
 
-    def cut_out(self, job: EngineJob) -> Cutout: ...
+    def cut_out(self, job: EngineJob) -> EngineResult: ...
 
     def close(self) -> None: ...

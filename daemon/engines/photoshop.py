@@ -17,7 +17,6 @@ from urllib.parse import quote
 
 import requests
 
-from daemon import imaging
 from daemon.config import PhotoshopSettings
 from daemon.engines.photoshop_wire import (
     JobTimedOutError,
@@ -40,11 +39,10 @@ from daemon.errors import (
     AuthError,
     CutoutdError,
     EngineUnavailableError,
-    PermanentItemError,
     RateLimitedError,
     TransientError,
 )
-from daemon.models import Cutout, EngineJob, SubmittedJob
+from daemon.models import EncodedCutout, EngineJob, SubmittedJob
 from daemon.secrets import read_secret, redact_url, register_secret
 
 log = logging.getLogger(__name__)
@@ -148,7 +146,7 @@ class PhotoshopEngine:
         with self._counts_lock:
             return PhotoshopStats(**self._counts)
 
-    def cut_out(self, job: EngineJob) -> Cutout:
+    def cut_out(self, job: EngineJob) -> EncodedCutout:
         with self._in_flight_slot():
             submitted, resumed = job.submitted, job.submitted is not None
             if submitted is None:
@@ -166,7 +164,7 @@ class PhotoshopEngine:
 
     # -- one job ---------------------------------------------------------------------------
 
-    def _finish(self, job: EngineJob, submitted: SubmittedJob, *, resumed: bool) -> Cutout:
+    def _finish(self, job: EngineJob, submitted: SubmittedJob, *, resumed: bool) -> EncodedCutout:
         try:
             url = self._wait_for_result(submitted, resumed=resumed)
         except CutoutdError:
@@ -174,7 +172,6 @@ class PhotoshopEngine:
             raise
         data = self._fetch_result(submitted.job_id, url)
         check_png(submitted.job_id, data)
-        cutout = decode_cutout(submitted.job_id, data)
         self._count("succeeded")
         log.debug(
             "Adobe job %s succeeded (%d bytes)",
@@ -182,9 +179,9 @@ class PhotoshopEngine:
             len(data),
             extra=_context(job, "photoshop.downloaded", submitted.job_id),
         )
-        return cutout
+        return EncodedCutout(data, f"Adobe job {submitted.job_id}")
 
-    def _resubmit(self, job: EngineJob, old: SubmittedJob, reason: str) -> Cutout:
+    def _resubmit(self, job: EngineJob, old: SubmittedJob, reason: str) -> EncodedCutout:
         job.extra["resubmitted"] = reason
         self._count("resubmissions")
         submitted = self._submit(job)
@@ -407,17 +404,6 @@ class PhotoshopEngine:
     def _count(self, name: str) -> None:
         with self._counts_lock:
             self._counts[name] += 1
-
-
-def decode_cutout(job_id: str, data: bytes) -> Cutout:
-    """Adobe's full-resolution PNG cutout as the image and its alpha."""
-    try:
-        image = imaging.decode_image(data)
-    except PermanentItemError as exc:
-        raise PermanentItemError(f"Adobe job {job_id} returned an unreadable PNG: {exc}") from None
-    if image.mode != "RGBA":
-        raise PermanentItemError(f"Adobe job {job_id} returned a PNG without transparency")
-    return Cutout(image, image.getchannel("A"))
 
 
 def _context(job: EngineJob, event: str, job_id: str) -> dict[str, Any]:

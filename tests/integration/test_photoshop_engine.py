@@ -29,12 +29,14 @@ from daemon.errors import (
     TransientError,
 )
 from daemon.models import (
-    Cutout,
+    EncodedCutout,
     EngineJob,
+    EngineResult,
     Item,
     ItemStatus,
     SubmittedJob,
 )
+from daemon.rendering import decoded
 from tests.fakes.photoshop_server import FakePhotoshop
 from tests.helpers import cutout_iou, encode, shape_image
 
@@ -171,8 +173,10 @@ def test_cutout_comes_back_as_png_with_alpha(
     engine = make_engine()
     h = harness(fake, image[0])
     result = engine.cut_out(h.job)
-    assert result.image.mode == "RGBA"
-    assert result.image.size == result.alpha.size == image[1].shape[::-1]  # full resolution
+    assert isinstance(result, EncodedCutout) and result.data.startswith(b"\x89PNG")
+    cutout = decoded(result)  # decoded when the outputs are rendered
+    assert cutout.image.mode == "RGBA"
+    assert cutout.image.size == cutout.alpha.size == image[1].shape[::-1]  # full resolution
     assert cutout_iou(result, image[1]) >= 0.9
     (job,) = fake.jobs.values()
     assert job.body == {
@@ -350,7 +354,7 @@ def test_limiter_keeps_eight_threads_inside_the_window(
     with FakePhotoshop(submit_limit=2, submit_period=0.4, latency=0.02) as strict:
         engine = make_engine(server=strict, submit_limit=2, submit_period=0.4)
         jobs = [harness(strict, image[0], name=f"p{i}.jpg").job for i in range(8)]
-        results: list[Cutout] = []
+        results: list[EngineResult] = []
         errors: list[BaseException] = []
 
         def work(job: EngineJob) -> None:
@@ -401,7 +405,7 @@ def test_server_errors_are_transient(
     with pytest.raises(TransientError, match="quota"):
         engine.cut_out(harness(fake, image[0]).job)
     fake.inject_errors(2, status=503, where="status")  # polls shrug off a few glitches
-    assert engine.cut_out(harness(fake, image[0]).job).alpha
+    assert cutout_iou(engine.cut_out(harness(fake, image[0]).job), image[1]) >= 0.9
     fake.slow_seconds = 1.0
     slow = make_engine(request_timeout=0.2, start=False)
     with pytest.raises(TransientError, match="timed out"):

@@ -10,9 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageDraw
 
+from daemon.errors import PermanentItemError
 from daemon.imaging import decode_image
-from daemon.models import Align, Cutout, Mode, OutputFormat, OutputSpec, Padding, Rgb
-from daemon.rendering import render
+from daemon.models import (
+    Align,
+    Cutout,
+    EncodedCutout,
+    Mode,
+    OutputFormat,
+    OutputSpec,
+    Padding,
+    Rgb,
+)
+from daemon.rendering import decoded, render
 
 PRODUCT = (200, 40, 30)
 BACKDROP = (230, 230, 230)
@@ -274,3 +284,21 @@ def test_exif_orientation_is_applied_before_the_geometry() -> None:
     stored.save(buffer, "PNG", exif=exif.tobytes())
     decoded = decode_image(buffer.getvalue())
     assert decoded.size == (1200, 900)
+
+
+def test_an_encoded_cutout_is_decoded_or_refused_clearly() -> None:
+    cutout = product((300, 200), box=(50, 50, 150, 150))
+    rgba = cutout.image.convert("RGBA")
+    rgba.putalpha(cutout.alpha)
+    buffer = io.BytesIO()
+    rgba.save(buffer, "PNG")
+    back = decoded(EncodedCutout(buffer.getvalue(), "Adobe job j1"))
+    assert np.array_equal(np.asarray(back.alpha), np.asarray(cutout.alpha))
+    opaque = io.BytesIO()
+    cutout.image.save(opaque, "PNG")
+    with pytest.raises(
+        PermanentItemError, match="Adobe job j1 returned a PNG without transparency"
+    ):
+        decoded(EncodedCutout(opaque.getvalue(), "Adobe job j1"))
+    with pytest.raises(PermanentItemError, match="Adobe job j1 returned an unreadable PNG"):
+        decoded(EncodedCutout(b"\x89PNG\r\n\x1a\nbroken", "Adobe job j1"))
