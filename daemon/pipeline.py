@@ -192,6 +192,10 @@ class Pipeline:
         )
         self._require_current(item)
         outputs = self.writer.write_all(item, profile, cutout)
+        self._succeed(item, outputs, engine.name, profile.name)
+
+    def _succeed(self, item: Item, outputs: list[str], engine: str, profile: str) -> None:
+        """Every output is written and recorded: the revision succeeds, then its input moves."""
         relocate = RELOCATE_FOR_POLICY[self.settings.archive.policy]
         self.ledger.transition(
             item.id,
@@ -200,7 +204,7 @@ class Pipeline:
             "succeeded",
             {
                 "output_path": outputs[0],
-                "engine": engine.name,
+                "engine": engine,
                 "finished_at": self.ledger.clock(),
                 "last_error": None,
                 "relocate_to": relocate,
@@ -208,7 +212,7 @@ class Pipeline:
                 "lease_expires_at": None,
             },
             output=outputs[0] if len(outputs) == 1 else outputs,
-            profile=profile.name,
+            profile=profile,
         )
         log.info(
             "wrote output/%s",

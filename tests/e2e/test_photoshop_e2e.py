@@ -240,3 +240,35 @@ def test_profile_outputs_come_from_one_adobe_submission_per_image(
     with sqlite3.connect(ledger_file(config.parent)) as db:
         written = db.execute("SELECT count(*) FROM outputs WHERE written_at IS NOT NULL").fetchone()
     assert written == (3 * len(masks),)
+
+
+def test_a_premium_folder_goes_to_adobe_and_the_rest_to_the_local_model(
+    dropbox: FakeDropbox, adobe: FakePhotoshop, config: Path
+) -> None:
+    text = config.read_text().replace('kind = "photoshop"', 'kind = "local"\nworkers = 1')
+    text = text.replace("settle_seconds = 0\n", "settle_seconds = 0\nrecursive = true\n")
+    config.write_text(
+        text + '[[profile]]\nname = "premium"\nmatch = ["premium/**"]\nengine = "photoshop"\n'
+        '[[profile.output]]\nformat = "webp"\ntrim = true\n'
+    )
+    masks = put_images(dropbox, 4)
+    for name in list(masks)[:2]:
+        data = dropbox.files_under(f"{ROOT}/input")[f"{ROOT}/input/{name}"]
+        dropbox.delete(f"{ROOT}/input/{name}")
+        dropbox.put_file(f"{ROOT}/input/premium/{name}", data)
+    result = run_cutoutd(
+        "--config", str(config), "run", "--once", env=environment(dropbox, adobe), timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    premium, rest = list(masks)[:2], list(masks)[2:]
+    assert adobe.submissions_by_name() == Counter({name: 1 for name in premium})
+    outputs = dropbox.files_under(f"{ROOT}/output")
+    for name in premium:
+        assert f"{ROOT}/output/premium/{name.rsplit('.', 1)[0]}.webp" in outputs
+    for name in rest:
+        assert alpha_iou(outputs[output_of(name)], masks[name]) >= 0.9
+    engines = {row["path"]: row["engine"] for row in ledger_rows(config)}
+    assert engines == {
+        **{f"premium/{name}": "photoshop" for name in premium},
+        **{name: "local" for name in rest},
+    }
