@@ -100,7 +100,7 @@ def plan_layout(size: tuple[int, int], box: Box | None, spec: OutputSpec) -> Lay
         if spec.align is Align.BOTTOM
         else (frame_h - sub_h) // 2
     )
-    return Layout(source, (sub_w, sub_h), (x, max(0, y)), (frame_w, frame_h))
+    return Layout(source, (sub_w, sub_h), (max(0, x), max(0, y)), (frame_w, frame_h))
 
 
 def _on_canvas(source: Box, canvas: tuple[int, int], pad: int, spec: OutputSpec) -> Layout:
@@ -204,8 +204,10 @@ def srgb_profile_bytes() -> bytes:
 
 
 def encode(picture: Image.Image, spec: OutputSpec) -> bytes:
-    """PNG (zlib level 6), WebP (alpha kept) or JPEG (4:4:4); WebP and JPEG carry sRGB."""
+    """PNG (zlib level 6), WebP (alpha kept) or JPEG (4:4:4); colour WebP and JPEG carry
+    the sRGB profile (a mask, mode L, is plain greyscale)."""
     buffer = io.BytesIO()
+    icc = srgb_profile_bytes() if picture.mode != "L" else None
     if spec.format is OutputFormat.JPEG:
         if picture.mode == "RGBA":  # a transparent JPEG is impossible: flatten on white
             flat = Image.new("RGB", picture.size, (255, 255, 255))
@@ -216,7 +218,7 @@ def encode(picture: Image.Image, spec: OutputSpec) -> bytes:
             "JPEG",
             quality=spec.quality,
             subsampling=0,
-            icc_profile=srgb_profile_bytes(),
+            icc_profile=icc,
         )
     elif spec.format is OutputFormat.WEBP:
         picture.save(
@@ -224,7 +226,7 @@ def encode(picture: Image.Image, spec: OutputSpec) -> bytes:
             "WEBP",
             quality=spec.quality,
             method=WEBP_METHOD,
-            icc_profile=srgb_profile_bytes(),
+            icc_profile=icc,
         )
     else:
         picture.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
