@@ -23,9 +23,13 @@ class OutputWriter:
     """`renders`: images decoded and rendered at once, at most (the Photoshop engine may
     have many jobs finish together; each decoded cutout holds its pixels in memory)."""
 
-    def __init__(self, storage: Storage, ledger: Ledger, renders: int | None = None) -> None:
+    def __init__(
+        self, storage: Storage, ledger: Ledger, *, fold_case: bool, renders: int | None = None
+    ) -> None:
+        """`fold_case`: the storage ignores case in names (Dropbox)."""
         self.storage = storage
         self.ledger = ledger
+        self.fold_case = fold_case
         self._renders = threading.BoundedSemaphore(renders or max(2, os.cpu_count() or 1))
 
     def write_all(self, item: Item, profile: Profile, result: EngineResult) -> list[str]:
@@ -72,7 +76,7 @@ class OutputWriter:
     def _reserve(self, item: Item, slot: int, spec: OutputSpec) -> str:
         candidates = output_candidates(item.path, spec.format.extension, spec.folder)
         return self.ledger.reserve_output(
-            item.id, item.path_lower, slot, spec.fingerprint(), candidates
+            item.id, item.path_lower, slot, spec.fingerprint(), candidates, fold_case=self.fold_case
         )
 
 

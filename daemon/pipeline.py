@@ -88,7 +88,7 @@ class Pipeline:
         self.storage = storage
         self.engine = engine
         self.engines = {engine.name: engine, **(engines or {})}
-        self.writer = OutputWriter(storage, ledger)
+        self.writer = OutputWriter(storage, ledger, fold_case=settings.source.kind == "dropbox")
         self.ledger = ledger
         self.settings = settings
         self.stop = stop

@@ -161,7 +161,8 @@ class LedgerAudit:
         elif area in (Area.ARCHIVE, Area.FAILED):
             conditions.append(ItemRow.archived_path == text)
         elif area == Area.OUTPUT:
-            written = select(OutputRow.item_id).where(OutputRow.path_lower == rest.lower())
+            named = OutputRow.path_lower.in_({rest, rest.lower()})
+            written = select(OutputRow.item_id).where(named)
             conditions += [ItemRow.output_path == rest, ItemRow.id.in_(written)]
         for condition in conditions:
             keys = connection.scalars(select(ItemRow.path_lower).where(condition).distinct()).all()

@@ -17,17 +17,26 @@ class OutputLedger(LedgerReader):
     """The ledger's operations on outputs."""
 
     def reserve_output(
-        self, item_id: int, path_lower: str, slot: int, spec: str, candidates: Sequence[str]
+        self,
+        item_id: int,
+        path_lower: str,
+        slot: int,
+        spec: str,
+        candidates: Sequence[str],
+        *,
+        fold_case: bool = True,
     ) -> str:
         """Give output `slot` of this revision the first name no other input owns, atomically.
 
-        A re-run of the same input keeps its names (and overwrites its own outputs). A name
-        that differs from another input's output in case only counts as taken: Dropbox
-        ignores case, so `Shoe.png` would overwrite `shoe.png`.
+        A re-run of the same input keeps its names (and overwrites its own outputs). With
+        `fold_case` (Dropbox, which ignores case), a name that differs from another input's
+        output in case only counts as taken: `Shoe.png` would overwrite `shoe.png`. A local
+        folder is case-sensitive: there both names are free.
         """
         with self.transaction() as connection:
             for candidate in candidates:
-                if _owner(connection, candidate, path_lower) is not None:
+                key = candidate.lower() if fold_case else candidate
+                if _owner(connection, key, path_lower) is not None:
                     continue
                 connection.execute(
                     delete(OutputRow).where(OutputRow.item_id == item_id, OutputRow.slot == slot)
@@ -37,7 +46,7 @@ class OutputLedger(LedgerReader):
                         item_id=item_id,
                         slot=slot,
                         path=candidate,
-                        path_lower=candidate.lower(),
+                        path_lower=key,
                         spec=spec,
                     )
                 )
@@ -68,12 +77,12 @@ def outputs_of(connection: Connection, item_id: int) -> list[OutputRecord]:
     return [OutputRecord(r.slot, r.path, r.spec, r.bytes, r.written_at) for r in rows]
 
 
-def _owner(connection: Connection, candidate: str, path_lower: str) -> str | None:
-    """Another input whose output is `candidate`, in any case."""
+def _owner(connection: Connection, key: str, path_lower: str) -> str | None:
+    """Another input whose output has the name key `key`."""
     owner: str | None = connection.scalar(
         select(ItemRow.path_lower)
         .join(OutputRow, OutputRow.item_id == ItemRow.id)
-        .where(OutputRow.path_lower == candidate.lower(), ItemRow.path_lower != path_lower)
+        .where(OutputRow.path_lower == key, ItemRow.path_lower != path_lower)
         .limit(1)
     )
     return owner

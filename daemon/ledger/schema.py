@@ -111,8 +111,9 @@ class CursorRow(Base):
 
 class OutputRow(Base):
     """One output file of one input revision (a profile may make several): written, and
-    recorded here, before the input is archived. `path` is relative to output/; the owner of
-    a name is the input (items.path_lower) of the revisions that wrote it."""
+    recorded here, before the input is archived. `path` is relative to output/; `path_lower`
+    is its name key (lower case on Dropbox, exact on a case-sensitive local folder); the
+    owner of a name is the input (items.path_lower) of the revisions that wrote it."""
 
     __tablename__ = "outputs"
     __table_args__ = (

@@ -1,7 +1,8 @@
 """The outputs table: every output file of every input revision (profiles with several
 `[[profile.output]]`), its slot in the profile, the spec it was rendered from (dedupe reuses
 only equal outputs), its size and when it was written. Each existing `items.output_path` is
-copied in as slot 0 with no spec.
+copied in as slot 0 with no spec; its name key is folded to lower case where the input's
+own key is (Dropbox), exact where it is not (a case-sensitive local folder).
 
 Revision ID: 0003
 Revises: 0002
@@ -37,7 +38,8 @@ def upgrade() -> None:
     op.create_index("ix_outputs_path_lower", "outputs", ["path_lower"])
     op.execute(
         "INSERT INTO outputs (item_id, slot, path, path_lower, written_at) "
-        "SELECT id, 0, output_path, lower(output_path), finished_at FROM items "
+        "SELECT id, 0, output_path, CASE WHEN path_lower = path THEN output_path "
+        "ELSE lower(output_path) END, finished_at FROM items "
         "WHERE output_path IS NOT NULL"
     )
 
