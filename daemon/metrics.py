@@ -120,13 +120,7 @@ class Metrics:
     def retry_scheduled(self, rate_limited: bool) -> None:
         self.retries.labels("rate_limited" if rate_limited else "transient").inc()
 
-    def output_written(
-        self,
-        item: Item,
-        input_data: bytes | None,
-        output_data: bytes,
-        previews: tuple[bytes, bytes] | None = None,
-    ) -> None:
+    def output_written(self, item: Item, before: bytes | None, after: bytes) -> None:
         pass
 
     def item_failed(self, item: Item, reason: str) -> None:

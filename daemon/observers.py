@@ -29,16 +29,10 @@ class PipelineObserver(Protocol):
 
     def retry_scheduled(self, rate_limited: bool) -> None: ...
 
-    def output_written(
-        self,
-        item: Item,
-        input_data: bytes | None,
-        output_data: bytes,
-        previews: tuple[bytes, bytes] | None = None,
-    ) -> None:
-        """An output was written; `input_data` when the engine read the input through
-        cutoutd (the local engine does; Photoshop fetches it from a link itself);
-        `previews` when the engine made small renderings (EngineJob.previews)."""
+    def output_written(self, item: Item, before: bytes | None, after: bytes) -> None:
+        """A revision's outputs are written; `before` and `after` are small WebP renderings
+        of its input and cutout for the status page (daemon.previews; `before` None when
+        the engine never saw the input: Photoshop fetches it itself)."""
 
     def item_failed(self, item: Item, reason: str) -> None: ...
 
@@ -56,13 +50,7 @@ class NullObserver:
     def retry_scheduled(self, rate_limited: bool) -> None:
         pass
 
-    def output_written(
-        self,
-        item: Item,
-        input_data: bytes | None,
-        output_data: bytes,
-        previews: tuple[bytes, bytes] | None = None,
-    ) -> None:
+    def output_written(self, item: Item, before: bytes | None, after: bytes) -> None:
         pass
 
     def item_failed(self, item: Item, reason: str) -> None:
@@ -101,14 +89,8 @@ class Observers:
     def retry_scheduled(self, rate_limited: bool) -> None:
         self._each(lambda o: o.retry_scheduled(rate_limited))
 
-    def output_written(
-        self,
-        item: Item,
-        input_data: bytes | None,
-        output_data: bytes,
-        previews: tuple[bytes, bytes] | None = None,
-    ) -> None:
-        self._each(lambda o: o.output_written(item, input_data, output_data, previews))
+    def output_written(self, item: Item, before: bytes | None, after: bytes) -> None:
+        self._each(lambda o: o.output_written(item, before, after))
 
     def item_failed(self, item: Item, reason: str) -> None:
         self._each(lambda o: o.item_failed(item, reason))

@@ -20,6 +20,7 @@ from daemon.compose import (
     build_alerts,
     build_engine,
     build_metrics,
+    build_other_engines,
     build_storage,
     build_thumbnails,
     build_web_server,
@@ -71,6 +72,7 @@ class Service:
         *,
         storage: Storage | None = None,
         engine: Engine | None = None,
+        other_engines: dict[str, Engine] | None = None,
         ledger: Ledger | None = None,
         notifier: Notifier | None = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -86,6 +88,9 @@ class Service:
         )
         self.storage = storage or build_storage(settings)
         self.engine = engine or build_engine(settings, self.stop)
+        if other_engines is None:
+            other_engines = build_other_engines(settings, self.stop)
+        self.engines = [self.engine, *other_engines.values()]
         self.metrics = build_metrics(settings, self.engine)
         self.thumbnails = build_thumbnails(settings)
         self.alerts = build_alerts(settings, self.ledger, self.engine.name, self.trouble)
@@ -96,7 +101,13 @@ class Service:
             + list(observers)
         )
         self.pipeline = Pipeline(
-            self.storage, self.engine, self.ledger, settings, self.stop, self.observers
+            self.storage,
+            self.engine,
+            self.ledger,
+            settings,
+            self.stop,
+            self.observers,
+            engines=other_engines,
         )
         self.in_flight: dict[int, Item] = {}
         self._lock = threading.Lock()
@@ -126,7 +137,8 @@ class Service:
         if self.ledger.migrate():
             log.info("ledger schema upgraded", extra=context("ledger.migrated"))
         self.storage.ensure_layout()
-        self.engine.start()
+        for engine in self.engines:
+            engine.start()
         if self.thumbnails is not None:
             self.thumbnails.start()
         if self.alerts is not None:
@@ -141,11 +153,10 @@ class Service:
         self.pipeline.relocate_pending()
 
     def close(self) -> None:
-        if self.thumbnails is not None:
-            self.thumbnails.close()
         if self.alerts is not None:
             self.alerts.close()
-        self.engine.close()
+        for engine in self.engines:
+            engine.close()
         self.storage.close()
         self.ledger.close()
         self.notifier.close()
