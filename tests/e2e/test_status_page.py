@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -188,7 +189,8 @@ def check_pages(browser: Any, url: str, config: Path) -> None:
         "[...document.querySelectorAll('.pair img')].length == 2 && "
         "[...document.querySelectorAll('.pair img')].every(i => i.complete && i.naturalWidth > 0)"
     )
-    assert "output/" in page.text_content("main")
+    outputs = page.locator(".output").all_text_contents()
+    assert len(outputs) == 1 and re.fullmatch(r"output/shoe\d\.png \([\d,]+ bytes\)", outputs[0])
 
     # a phone: no sideways scrolling on the overview
     phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
