@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ledger_audit import SPAN, START, cached_ledger, timed
 from bench.local_engine import product_shot
-from daemon import imaging
+from daemon import delivery
 from daemon.config import parse_settings
 from daemon.ledger import Ledger
 from daemon.ledger.dashboard import Dashboard
@@ -90,7 +90,7 @@ while sys.stdin.readable():
 POLL_SECONDS = 1.0  # --poll: an open page asks every 5 s
 
 
-ORIGINAL_PREVIEWS = imaging.previews
+ORIGINAL_PREVIEWS = delivery.cutout_previews
 
 
 def start_poller(url: str) -> subprocess.Popen[bytes]:
@@ -137,15 +137,15 @@ def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, float
         if server is not None:
             server.close()
         service.close()
-        imaging.previews = ORIGINAL_PREVIEWS  # type: ignore[assignment]
+        delivery.cutout_previews = ORIGINAL_PREVIEWS
     assert sum(summary.counts.values()) == len(images), summary
     return len(images) / elapsed, cpu, served
 
 
 class PageCpu:
     """The CPU the page's own work takes, attributed exactly: each request's thread CPU
-    (Flask's request signals, on the waitress thread that serves it) and each preview
-    the engine makes (daemon.imaging.previews, wrapped)."""
+    (Flask's request signals, on the waitress thread that serves it) and each pair of
+    previews the output writer makes (daemon.delivery.cutout_previews, wrapped)."""
 
     def __init__(self) -> None:
         self.requests = 0
@@ -159,9 +159,9 @@ class PageCpu:
 
         request_started.connect(self._started, weak=False)
         request_finished.connect(self._finished, weak=False)
-        original = imaging.previews
+        original = delivery.cutout_previews
 
-        def timed_previews(*args: Any, **kwargs: Any) -> tuple[bytes, bytes]:
+        def timed_previews(*args: Any, **kwargs: Any) -> tuple[bytes | None, bytes]:
             started = time.thread_time()
             try:
                 return original(*args, **kwargs)
@@ -169,7 +169,7 @@ class PageCpu:
                 with self._lock:
                     self.preview_seconds += time.thread_time() - started
 
-        imaging.previews = timed_previews  # type: ignore[assignment]
+        delivery.cutout_previews = timed_previews
 
     def _started(self, sender: object, **extra: object) -> None:
         self._local.started = time.thread_time()
