@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -120,10 +121,14 @@ def one_run(folder: Path, images: list[bytes], page: bool) -> tuple[float, float
     Ledger(settings.ledger.url).migrate()
     service = Service(settings)
     server = service.serve_http() if page else None
-    poller = start_poller(server.url.rstrip("/")) if server is not None else None
     served = PageCpu()
+    poller = None
     if server is not None:
+        url = server.url.rstrip("/")
+        for path in ("/", "/api/overview"):  # warm up: templates compiled, reader opened
+            urllib.request.urlopen(url + path, timeout=30).close()
         served.attach()
+        poller = start_poller(url)
     started, cpu = time.perf_counter(), cpu_seconds()
     try:
         summary = service.run_once()  # thumbnails are stored as each image finishes
