@@ -14,9 +14,10 @@ costs the pipeline.
    `run_once`, with `[http] enabled = false` ("off") and with the page on ("on": the
    server, before/after thumbnails for every output, and one client fetching
    /api/overview every --poll seconds (default 1: five times what an open page polls)
-   and `/` every sixth time). CPU seconds of the daemon's process per image are reported
-   beside the wall-clock rate: on this shared machine they vary far less with the load. Runs alternate off/on so that load on this shared machine hits both alike;
-   the ratio on/off of images per second is taken per pair.
+   and `/` every sixth time), warmed up (templates compiled) before the clock starts.
+   Runs alternate off/on, in both orders; per pair: the wall-clock rate ratio (it swings
+   with the load of this shared machine), the process's CPU seconds, and the page's own
+   CPU attributed exactly (each request's thread CPU, each thumbnail pair's).
 """
 
 from __future__ import annotations
