@@ -2,7 +2,7 @@
 `daemon.output`). No logic.
 
 Exit codes: 0 success; 1 a problem (for `run --once`: some images failed); 2 bad
-arguments; 69 a required service or engine is unavailable; 77 credentials rejected;
+arguments; 75 `run --once` could not make some archive/failed moves in time; 69 a required service or engine is unavailable; 77 credentials rejected;
 78 configuration error.
 """
 
@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # the ledger (SQLAlchemy) loads only for the commands that ne
     from daemon.ledger.requeue import Requeued, Requeuer
 
 EX_USAGE = 2
+EX_TEMPFAIL = 75  # `run --once`: inputs whose archive/failed move could not be made yet
 EX_UNAVAILABLE = 69
 log = logging.getLogger("daemon.cli")
 ENGINES = ("local", "photoshop")
@@ -246,6 +247,8 @@ def command_run(settings: Settings, args: argparse.Namespace) -> int:
             if service.fatal:
                 raise service.fatal
             print(summary.line())
+            if summary.unmoved:
+                return EX_TEMPFAIL
             return 1 if summary.counts.get(ItemStatus.FAILED) else 0
         service.run_forever()
         if service.fatal:

@@ -28,15 +28,17 @@ from daemon.errors import (
 )
 from daemon.ledger import Ledger
 from daemon.logs import context
-from daemon.models import Area, EngineJob, Item, ItemStatus, SubmittedJob
+from daemon.models import Area, CutoutResult, EngineJob, Item, ItemStatus, SubmittedJob
 from daemon.relocation import RELOCATE_FOR_POLICY, Relocator
 from daemon.secrets import redact
+from daemon.spool import ResultSpool
 from daemon.storage.base import Storage
 
 log = logging.getLogger(__name__)
 PROCESSING = ItemStatus.PROCESSING
-# The service's trouble, not the item's: however long it lasts, the item keeps its last attempt.
-SERVICE_WIDE = (UnreachableError, RateLimitedError)
+# The service's trouble, not the item's: however long it lasts, the item keeps its last attempt
+# (rate limits are waited out in place, then the claim is given back: see `_retry`).
+SERVICE_WIDE = (UnreachableError,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,7 @@ class Pipeline:
         settings: Settings,
         stop: threading.Event,
         observer: PipelineObserver | None = None,
+        spool: ResultSpool | None = None,
     ) -> None:
         self.storage = storage
         self.engine = engine
@@ -102,6 +105,7 @@ class Pipeline:
         self.settings = settings
         self.stop = stop
         self.observer: PipelineObserver = observer or NullObserver()
+        self.spool = spool
         self.relocator = Relocator(storage, ledger, stop)
 
     # -- discovery ------------------------------------------------------------------------
@@ -186,43 +190,7 @@ class Pipeline:
     def _process(self, item: Item) -> None:
         if self.settings.source.dedupe == "content" and self._skip_duplicate(item):
             return
-        file = item.as_file()
-        submitted = (
-            SubmittedJob(item.job_id, item.status_url) if item.job_id and item.status_url else None
-        )
-        resubmitting = [item.job_id is not None]
-
-        def record_submission(job: SubmittedJob) -> None:
-            self.ledger.record_submission(item.id, job, resubmitted=resubmitting[0])
-            resubmitting[0] = True
-            self.observer.job_submitted(self.engine.name)
-            log.info(
-                "submitted %s as job %s",
-                item.path,
-                job.job_id,
-                extra=context("cutout.submitted", path=item.path, rev=item.rev, job_id=job.job_id),
-            )
-
-        job = EngineJob(
-            item=item,
-            options=self.settings.engine.options,
-            read_bytes=lambda: self.storage.read(file),
-            temporary_link=lambda: self.storage.temporary_link(file),
-            record_submission=record_submission,
-            submitted=submitted,
-        )
-        started = time.monotonic()
-        try:
-            result = self.engine.cut_out(job)
-        finally:
-            self.observer.engine_finished(self.engine.name, time.monotonic() - started)
-        self.ledger.record_event(
-            item.id,
-            "result_received",
-            engine=self.engine.name,
-            seconds=round(time.monotonic() - started, 3),
-            bytes=len(result.data),
-        )
+        result = self._spooled_result(item) or self._cut_out(item)
         self._require_current(item)
         candidates = output_candidates(item.path, result.output_format.value)
         output = self.ledger.reserve_output(item.id, item.path_lower, candidates)
@@ -249,8 +217,66 @@ class Pipeline:
             output,
             extra=context("cutout.succeeded", path=item.path, rev=item.rev, output=output),
         )
+        self._discard_spooled(item)
         self._observe_finished(item, "succeeded")
         self.relocate(item, relocate)
+
+    def _spooled_result(self, item: Item) -> CutoutResult | None:
+        """A result an earlier attempt of this row received but could not write out: it
+        is written from the spool, never paid for again (see daemon.spool)."""
+        if self.spool is None:
+            return None
+        result = self.spool.load(item.id, item.job_id or self.engine.name)
+        if result is not None:
+            log.info(
+                "writing the spooled result of %s",
+                item.path,
+                extra=context("cutout.from_spool", path=item.path, rev=item.rev),
+            )
+            self.ledger.record_event(item.id, "result_from_spool", bytes=len(result.data))
+        return result
+
+    def _cut_out(self, item: Item) -> CutoutResult:
+        file = item.as_file()
+        submitted = (
+            SubmittedJob(item.job_id, item.status_url) if item.job_id and item.status_url else None
+        )
+        jobs = [item.job_id]  # the latest submission: the job whose result comes back
+
+        def record_submission(job: SubmittedJob) -> None:
+            self.ledger.record_submission(item.id, job, resubmitted=jobs[-1] is not None)
+            jobs.append(job.job_id)
+            self.observer.job_submitted(self.engine.name)
+            log.info(
+                "submitted %s as job %s",
+                item.path,
+                job.job_id,
+                extra=context("cutout.submitted", path=item.path, rev=item.rev, job_id=job.job_id),
+            )
+
+        job = EngineJob(
+            item=item,
+            options=self.settings.engine.options,
+            read_bytes=lambda: self.storage.read(file),
+            temporary_link=lambda: self.storage.temporary_link(file),
+            record_submission=record_submission,
+            submitted=submitted,
+        )
+        started = time.monotonic()
+        try:
+            result = self.engine.cut_out(job)
+        finally:
+            self.observer.engine_finished(self.engine.name, time.monotonic() - started)
+        if self.spool is not None:
+            self.spool.save(item.id, jobs[-1] or self.engine.name, result)
+        self.ledger.record_event(
+            item.id,
+            "result_received",
+            engine=self.engine.name,
+            seconds=round(time.monotonic() - started, 3),
+            bytes=len(result.data),
+        )
+        return result
 
     def _require_current(self, item: Item) -> None:
         """Write an output only while the input is still this revision: a result for a
@@ -324,6 +350,7 @@ class Pipeline:
             self.ledger.transition(item.id, PROCESSING, status, status.value, values, reason=reason)
         except LostClaimError:
             return
+        self._discard_spooled(item)
         level = logging.ERROR if status == ItemStatus.FAILED else logging.INFO
         log.log(
             level,
@@ -336,9 +363,18 @@ class Pipeline:
         self._observe_finished(item, status.value)
         self.relocate(item, relocate)
 
+    def _discard_spooled(self, item: Item) -> None:
+        if self.spool is not None:
+            self.spool.discard(item.id)
+
     def _retry(self, item: Item, error: TransientError) -> None:
         if self.stop.is_set():
             self._release(item, f"stopping: {error}")
+            return
+        if isinstance(error, RateLimitedError):  # waited out in place already: give it back
+            delay = error.retry_after or self.settings.retry.backoff_initial
+            self._release(item, f"rate-limited: {error}", delay=delay)
+            self.observer.retry_scheduled(True)
             return
         service_wide = isinstance(error, SERVICE_WIDE)
         if item.attempts >= self.settings.retry.max_attempts and not service_wide:
@@ -385,14 +421,17 @@ class Pipeline:
             discovered = discovered.replace(tzinfo=UTC)
         self.observer.item_finished(outcome, (self.ledger.clock() - discovered).total_seconds())
 
-    def _release(self, item: Item, reason: str) -> None:
-        """Give a claimed revision back untouched (stop, drain): the attempt does not count."""
+    def _release(self, item: Item, reason: str, delay: float | None = None) -> None:
+        """Give a claimed revision back untouched (stop, drain, a rate limit that outlasted
+        the wait in place): the attempt does not count. `delay`: not before that many s."""
         reason = redact(reason)
-        values = {
+        values: dict[str, object] = {
             "attempts": max(item.attempts - 1, 0),
             "claimed_by": None,
             "lease_expires_at": None,
         }
+        if delay is not None:
+            values["next_attempt_at"] = self.ledger.clock() + timedelta(seconds=delay)
         try:
             self.ledger.transition(
                 item.id, PROCESSING, ItemStatus.PENDING, "released", values, reason=reason
