@@ -97,7 +97,13 @@ class Relocator:
         return False
 
     def _record(self, item: Item, area: Area, result: str | Exception) -> None:
-        if isinstance(result, ItemGoneError):
+        if isinstance(result, ItemGoneError):  # maybe a try whose answer was lost moved it
+            try:
+                if self._found_moved(item, area):
+                    return
+            except CutoutdError as exc:
+                self._not_yet(item, exc)
+                return
             self.ledger.clear_relocation(item.id, str(result))
         elif isinstance(result, Exception):
             self._not_yet(item, result)

@@ -360,7 +360,11 @@ class DropboxStorage:
                 return list(launch.get_complete().entries)
             job_id = launch.get_async_job_id()
             while not self._closing.wait(delay):
-                status = self._client.files_move_batch_check_v2(job_id)
+                try:
+                    status = self._client.files_move_batch_check_v2(job_id)
+                except sdk_errors.RateLimitError as exc:  # the moves go on: ask again later
+                    delay = float(exc.backoff or 1.0)
+                    continue
                 if status.is_complete():
                     return list(status.get_complete().entries)
                 delay = min(delay * 2, 5.0)

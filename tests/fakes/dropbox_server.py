@@ -623,6 +623,11 @@ class FakeDropbox:
         (None: forever, each with `probability`). The request is not carried out."""
         self._add_fault(Fault("reset", _routes(routes), count, probability))
 
+    def reseed(self, seed: int) -> None:
+        """Start the random draws of probabilistic faults again from `seed`."""
+        with self._cond:
+            self._random.seed(seed)
+
     def clear_faults(self) -> None:
         with self._cond:
             self._faults.clear()

@@ -31,6 +31,7 @@ from tests.fakes.dropbox_server import FakeDropbox
 from tests.fakes.photoshop_server import FakePhotoshop
 from tests.reliability.harness import (
     ROOT,
+    SMALL,
     Daemon,
     Figures,
     Sections,
@@ -523,3 +524,61 @@ def test_revoked_credentials_stop_the_daemon(
     problems = rig.conclude(figures, stop=False)
     report(figures)
     assert not problems, problems
+
+
+# -- Dropbox write limits on uploads and moves, `run --once` (issue 11) --------------------------
+
+WRITE_ROUTES = ["files/upload", "files/move_v2", "files/move_batch_v2", "files/move_batch/check_v2"]
+WRITE_LIMIT_IMAGES = 16
+LOCAL_SIZE = (160, 120)  # the local model's masks get coarse at the default 96x72
+
+
+@pytest.mark.parametrize("probability", [0.1, 0.2], ids=["10pct", "20pct"])
+@pytest.mark.parametrize("engine", ["photoshop", "local"])
+def test_dropbox_write_limits_with_run_once(
+    engine: str, probability: float, dropbox: FakeDropbox, adobe: FakePhotoshop, tmp_path: Path
+) -> None:
+    """10-20 % of uploads and moves answer 429 with Retry-After 1. Adobe's result URLs
+    live 1 s here, so an image that threw its result away and came back after the
+    Retry-After would have to be submitted (and paid for) again: the spool prevents it."""
+    ledger = tmp_path / "ledger.sqlite3"
+    photoshop = adobe if engine == "photoshop" else None
+    adobe.result_ttl = 1.0
+    config = write_config(tmp_path / "cutoutd.toml", dropbox_sections(ledger, photoshop))
+    size = LOCAL_SIZE if photoshop is None else SMALL
+    batch = shots(WRITE_LIMIT_IMAGES, prefix=f"w{engine}", seed=11, size=size)
+    put_shots(dropbox, batch)
+    dropbox.reseed(int(probability * 100))
+    dropbox.rate_limit(None, retry_after=1, routes=WRITE_ROUTES, probability=probability)
+    started = time.monotonic()
+    result = run_cutoutd(
+        "--config", str(config), "run", "--once", env=environment(dropbox, photoshop), timeout=300
+    )
+    figures = Figures(f"write_limits_{engine}_{int(probability * 100)}pct", len(batch))
+    figures.seconds = round(time.monotonic() - started, 2)
+    rows = ledger_rows(ledger)
+    problems = check_dropbox_state(dropbox, rows, batch, figures)  # archived when it returned
+    per_name = adobe.submissions_by_name()
+    events = event_counts(ledger)
+    figures.engine_submissions = sum(per_name.values())
+    figures.duplicate_submissions = sum(n - 1 for n in per_name.values() if n > 1)
+    figures.claims = events["claimed"]
+    figures.extra.update(
+        engine=engine,
+        rate_limited_share=probability,
+        dropbox_429s=dropbox.faulted["rate_limit"],
+        waits_in_place=result.stderr.count('"storage.rate_limited"'),
+        released=events["released"],
+        retries=events["retry_scheduled"],
+        results_from_spool=events["result_from_spool"],
+        exit_code=result.returncode,
+    )
+    report(figures)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not problems, problems
+    assert figures.extra["dropbox_429s"] > 0
+    assert figures.duplicate_submissions == 0
+    if photoshop is not None:
+        assert figures.engine_submissions == len(batch)
+    assert events["retry_scheduled"] == 0  # never the image's backoff
+    assert all(row["attempts"] == 1 for row in rows)  # never its attempts
