@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from daemon.errors import RateLimitedError
 from daemon.logs import context
-from daemon.models import Area, ChangeBatch, RemoteFile
+from daemon.models import Area, ChangeBatch, RemoteFile, RootReport
 from daemon.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,9 @@ class PatientStorage:
 
     def close(self) -> None:
         self.inner.close()
+
+    def inspect_root(self) -> RootReport:
+        return self.inner.inspect_root()
 
     def list_changes(self, cursor: str | None) -> ChangeBatch:
         return self.inner.list_changes(cursor)

@@ -111,6 +111,16 @@ class Rgb:
 
 
 @dataclass(frozen=True, slots=True)
+class RootReport:
+    """Where a storage looks for its root folder (`cutoutd check`)."""
+
+    root: str
+    location: str  # "local folder", "Dropbox team space; root namespace 3160919009", ...
+    exists: bool
+    elsewhere: str | None = None  # another place of the account with a folder of that name
+
+
+@dataclass(frozen=True, slots=True)
 class CutoutOptions:
     mode: Mode = Mode.CUTOUT
     output_format: OutputFormat = OutputFormat.PNG

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from daemon.models import Area, ChangeBatch, RemoteFile
+from daemon.models import Area, ChangeBatch, RemoteFile, RootReport
 
 IGNORED_PREFIXES = (".", "~$")
 IGNORED_SUFFIXES = (".part", ".crdownload", ".tmp", ".partial", ".download")
@@ -32,6 +32,10 @@ class Storage(Protocol):
 
     def describe(self) -> str:
         """Human description, e.g. `local folder /srv/RemoveBGProcess`."""
+        ...
+
+    def inspect_root(self) -> RootReport:
+        """Where the root folder is looked for and whether it exists (creates nothing)."""
         ...
 
     def ensure_layout(self) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from daemon.errors import ItemGoneError, PermanentItemError, TransientError
 from daemon.hashing import content_hash_stream
-from daemon.models import Area, ChangeBatch, RemoteFile
+from daemon.models import Area, ChangeBatch, RemoteFile, RootReport
 from daemon.storage.base import is_ignored_name, relocate_each
 
 Signature = tuple[int, int, int]
@@ -80,6 +80,9 @@ class LocalStorage:
 
     def area(self, area: Area) -> Path:
         return self.root / area.value
+
+    def inspect_root(self) -> RootReport:
+        return RootReport(str(self.root), "local folder", self.root.is_dir())
 
     def ensure_layout(self) -> None:
         for area in Area:

@@ -50,6 +50,7 @@ from typing import Any
 import requests
 
 from daemon.hashing import content_hash_bytes
+from tests.fakes.dropbox_namespaces import Namespaces
 
 DROPBOX_ORIGINS = (
     "https://api.dropboxapi.com",
@@ -312,7 +313,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeDropbox:
-    """One Dropbox account with one app, in memory, behind a local HTTP(S) server."""
+    """One Dropbox account with one app, in memory, behind a local HTTP(S) server; with
+    `team_space=True` a team member's (see tests/fakes/dropbox_namespaces.py)."""
 
     def __init__(
         self,
@@ -325,8 +327,10 @@ class FakeDropbox:
         page_size: int = 500,
         clock: Callable[[], float] = time.time,
         seed: int = 0,
+        team_space: bool = False,
     ) -> None:
         self.https = https
+        self.namespaces = Namespaces(team_space)
         self.app_key = app_key
         self.app_secret = app_secret
         self.access_token_ttl = access_token_ttl
@@ -387,6 +391,7 @@ class FakeDropbox:
             "files/move_batch_v2": ("rpc", True, self._move_batch),
             "files/move_batch/check_v2": ("rpc", True, self._move_batch_check),
             "files/delete_v2": ("rpc", True, self._delete),
+            "users/get_current_account": ("rpc", True, self._get_current_account),
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -711,15 +716,44 @@ class FakeDropbox:
                 arg = json.loads(body.decode() or "null")
             else:
                 arg = json.loads(headers.get("dropbox-api-arg", "null"))
+            namespace = self.namespaces.resolve(headers.get("dropbox-api-path-root"))
+            if isinstance(namespace, dict):  # a root the account does not have
+                return json_reply({"error_summary": summary_of(namespace), "error": namespace}, 422)
+            arg = self._enter_namespace(arg, *namespace)
             for hook in list(self.hooks):
                 hook(route, arg)
             if route == "files/move_batch_v2":
-                return self._move_batch(arg, body, contended)
-            return handler(arg, body)
+                return self._leave_namespace(self._move_batch(arg, body, contended), *namespace)
+            return self._leave_namespace(handler(arg, body), *namespace)
         except Failure as failure:
             return failure.reply
         except (ValueError, KeyError, TypeError) as exc:
             return text_reply(400, f'Error in call to API function "{route}": bad argument {exc}')
+
+    def _enter_namespace(self, arg: Any, namespace_id: str, prefix: str) -> Any:
+        """The request's paths into the tree; its cursor checked against the namespace."""
+        arg = self.namespaces.into(arg, prefix)
+        if isinstance(arg, dict) and isinstance(arg.get("cursor"), str):
+            cursor = self.namespaces.untag_cursor(arg["cursor"], namespace_id)
+            if cursor is None:
+                raise route_error({".tag": "reset"})
+            arg = {**arg, "cursor": cursor}
+        return arg
+
+    def _leave_namespace(self, reply: Reply, namespace_id: str, prefix: str) -> Reply:
+        """The answer's paths back into the namespace, its cursor tagged with it."""
+        if reply.status != 200:
+            return reply
+        result = reply.headers.get("Dropbox-API-Result")
+        if result is not None:
+            value = self.namespaces.out(json.loads(result), prefix)
+            reply.headers["Dropbox-API-Result"] = json.dumps(value)
+        if reply.content_type == JSON and reply.body:
+            value = self.namespaces.out(json.loads(reply.body), prefix)
+            if isinstance(value, dict) and isinstance(value.get("cursor"), str):
+                value["cursor"] = self.namespaces.tag_cursor(value["cursor"], namespace_id)
+            reply.body = json.dumps(value).encode()
+        return reply
 
     def _check_auth(self, route: str, headers: dict[str, str]) -> None:
         header = headers.get("authorization", "")
@@ -1062,6 +1096,9 @@ class FakeDropbox:
             return json_reply(answer)
 
     # ------------------------------------------------------------------ files
+
+    def _get_current_account(self, arg: Any, body: bytes) -> Reply:
+        return json_reply(self.namespaces.account())
 
     def _get_metadata(self, arg: dict[str, Any], body: bytes) -> Reply:
         if arg["path"] == "":
