@@ -264,13 +264,23 @@ def command_check(settings: Settings, args: argparse.Namespace) -> int:
     service = Service(settings)
     try:
         service.ledger.migrate()
+        root = service.storage.inspect_root()
+        print(f"config:  {settings.config_path or 'built-in defaults'}: valid")
+        print(f"storage: {root.location}")
+        if not root.exists and root.elsewhere:
+            print(
+                f"root:    {root.root} does not exist here, but a folder of that name exists in "
+                f'the {root.elsewhere} namespace: set [dropbox] path_root = "{root.elsewhere}" '
+                "to use it (nothing was created)"
+            )
+            return 1
+        print(f"root:    {root.root} {'exists' if root.exists else 'does not exist: created'}")
         service.storage.ensure_layout()
         service.engine.start()
         counts = service.ledger.counts()
     finally:
         service.close()
-    print(f"config:  {settings.config_path or 'built-in defaults'}: valid")
-    print(f"storage: {service.storage.describe()}: input/ output/ archive/ failed/ ready")
+    print(f"folders: {service.storage.describe()}: input/ output/ archive/ failed/ ready")
     print(f"engine:  {settings.engine.kind}: ready")
     print(f"ledger:  {service.ledger.describe()}: {sum(counts.values())} revisions")
     return 0

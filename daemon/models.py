@@ -117,7 +117,7 @@ class RootReport:
     root: str
     location: str  # "local folder", "Dropbox team space; root namespace 3160919009", ...
     exists: bool
-    elsewhere: str | None = None  # another place of the account with a folder of that name
+    elsewhere: str | None = None  # the account's other namespace ("root", "home") has one
 
 
 @dataclass(frozen=True, slots=True)

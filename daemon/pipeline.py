@@ -121,10 +121,11 @@ class Pipeline:
         while not self.stop.is_set():
             try:
                 batch = self.storage.list_changes(cursor)
-            except CursorResetError:
+            except CursorResetError as exc:
                 resets += 1
                 log.warning(
-                    "storage cursor reset; listing everything again",
+                    "%s; listing everything again",
+                    exc,
                     extra=context("cursor.reset", storage=self.storage.key),
                 )
                 self.ledger.reset_cursor(self.storage.key)

@@ -132,7 +132,12 @@ class DropboxStorage:
                 self._use_namespace(again=True)
             except VENDOR_ERRORS as exc:
                 raise translate_error(exc, where) from None
-            raise TransientError(f"the Dropbox root namespace changed on {where}") from None
+            message = (
+                f"the Dropbox root namespace changed on {where} (the account joined or left a team)"
+            )
+            if action in ("list", "longpoll"):  # the cursor was made in the old namespace
+                raise CursorResetError(message) from None
+            raise TransientError(message) from None
         except VENDOR_ERRORS as exc:
             raise translate_error(exc, where) from None
         finally:
@@ -171,7 +176,7 @@ class DropboxStorage:
             exists = self._is_folder(self._client, self.root)
             other = None if exists or namespace.other_id is None else namespace
             if other is not None and self._is_folder(other_client(self._base, other), self.root):
-                elsewhere = f"{'home' if namespace.kind == 'root' else 'root'} namespace"
+                elsewhere = "home" if namespace.kind == "root" else "root"
         return RootReport(self.root or "/", f"Dropbox {namespace.describe()}", exists, elsewhere)
 
     @staticmethod
