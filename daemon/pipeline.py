@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -28,8 +27,9 @@ from daemon.errors import (
 )
 from daemon.ledger import Ledger
 from daemon.logs import context
-from daemon.models import Area, CutoutResult, EngineJob, Item, ItemStatus, SubmittedJob
+from daemon.models import Area, Item, ItemStatus
 from daemon.relocation import RELOCATE_FOR_POLICY, Relocator
+from daemon.results import EngineObserver, Results
 from daemon.secrets import redact
 from daemon.spool import ResultSpool
 from daemon.storage.base import Storage
@@ -48,12 +48,8 @@ class Discovery:
     settling: int = 0
 
 
-class PipelineObserver(Protocol):
+class PipelineObserver(EngineObserver, Protocol):
     """What metrics want to know about outcomes (see daemon.metrics.Metrics)."""
-
-    def engine_finished(self, engine: str, seconds: float) -> None: ...
-
-    def job_submitted(self, engine: str) -> None: ...
 
     def item_finished(self, outcome: str, seconds_since_discovery: float) -> None: ...
 
@@ -105,7 +101,9 @@ class Pipeline:
         self.settings = settings
         self.stop = stop
         self.observer: PipelineObserver = observer or NullObserver()
-        self.spool = spool
+        self.results = Results(
+            engine, storage, ledger, settings.engine.options, self.observer, spool
+        )
         self.relocator = Relocator(storage, ledger, stop)
 
     # -- discovery ------------------------------------------------------------------------
@@ -191,7 +189,7 @@ class Pipeline:
     def _process(self, item: Item) -> None:
         if self.settings.source.dedupe == "content" and self._skip_duplicate(item):
             return
-        result = self._spooled_result(item) or self._cut_out(item)
+        result = self.results.result_for(item)
         self._require_current(item)
         candidates = output_candidates(item.path, result.output_format.value)
         output = self.ledger.reserve_output(item.id, item.path_lower, candidates)
@@ -218,66 +216,9 @@ class Pipeline:
             output,
             extra=context("cutout.succeeded", path=item.path, rev=item.rev, output=output),
         )
-        self._discard_spooled(item)
+        self.results.forget(item)
         self._observe_finished(item, "succeeded")
         self.relocate(item, relocate)
-
-    def _spooled_result(self, item: Item) -> CutoutResult | None:
-        """A result an earlier attempt of this row received but could not write out: it
-        is written from the spool, never paid for again (see daemon.spool)."""
-        if self.spool is None:
-            return None
-        result = self.spool.load(item.id, item.job_id or self.engine.name)
-        if result is not None:
-            log.info(
-                "writing the spooled result of %s",
-                item.path,
-                extra=context("cutout.from_spool", path=item.path, rev=item.rev),
-            )
-            self.ledger.record_event(item.id, "result_from_spool", bytes=len(result.data))
-        return result
-
-    def _cut_out(self, item: Item) -> CutoutResult:
-        file = item.as_file()
-        submitted = (
-            SubmittedJob(item.job_id, item.status_url) if item.job_id and item.status_url else None
-        )
-        jobs = [item.job_id]  # the latest submission: the job whose result comes back
-
-        def record_submission(job: SubmittedJob) -> None:
-            self.ledger.record_submission(item.id, job, resubmitted=jobs[-1] is not None)
-            jobs.append(job.job_id)
-            self.observer.job_submitted(self.engine.name)
-            log.info(
-                "submitted %s as job %s",
-                item.path,
-                job.job_id,
-                extra=context("cutout.submitted", path=item.path, rev=item.rev, job_id=job.job_id),
-            )
-
-        job = EngineJob(
-            item=item,
-            options=self.settings.engine.options,
-            read_bytes=lambda: self.storage.read(file),
-            temporary_link=lambda: self.storage.temporary_link(file),
-            record_submission=record_submission,
-            submitted=submitted,
-        )
-        started = time.monotonic()
-        try:
-            result = self.engine.cut_out(job)
-        finally:
-            self.observer.engine_finished(self.engine.name, time.monotonic() - started)
-        if self.spool is not None:
-            self.spool.save(item.id, jobs[-1] or self.engine.name, result)
-        self.ledger.record_event(
-            item.id,
-            "result_received",
-            engine=self.engine.name,
-            seconds=round(time.monotonic() - started, 3),
-            bytes=len(result.data),
-        )
-        return result
 
     def _require_current(self, item: Item) -> None:
         """Write an output only while the input is still this revision: a result for a
@@ -351,7 +292,7 @@ class Pipeline:
             self.ledger.transition(item.id, PROCESSING, status, status.value, values, reason=reason)
         except LostClaimError:
             return
-        self._discard_spooled(item)
+        self.results.forget(item)
         level = logging.ERROR if status == ItemStatus.FAILED else logging.INFO
         log.log(
             level,
@@ -363,10 +304,6 @@ class Pipeline:
         )
         self._observe_finished(item, status.value)
         self.relocate(item, relocate)
-
-    def _discard_spooled(self, item: Item) -> None:
-        if self.spool is not None:
-            self.spool.discard(item.id)
 
     def _retry(self, item: Item, error: TransientError) -> None:
         if self.stop.is_set():

@@ -90,6 +90,9 @@ def test_the_core_does_not_import_adapters() -> None:
     core = (
         "daemon.pipeline",
         "daemon.relocation",
+        "daemon.results",
+        "daemon.spool",
+        "daemon.inplace_retry",
         "daemon.models",
         "daemon.errors",
         "daemon.config",
