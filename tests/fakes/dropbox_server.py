@@ -344,6 +344,7 @@ class FakeDropbox:
         self.save_url_delay = 0.0
         self.counts: Counter[str] = Counter()
         self.faulted: Counter[str] = Counter()  # faults served, by kind
+        self.faulted_routes: Counter[tuple[str, str]] = Counter()  # by (kind, route)
         # Called as hook(route, arg) before a route runs, outside the lock: a test can
         # change the state "between" two requests of the client (delete a file, reset).
         self.hooks: list[Callable[[str, Any], None]] = []
@@ -667,6 +668,7 @@ class FakeDropbox:
             if fault.kind != "slow" and (fault.kind != "lock" or route in LOCK_ERRORS):
                 with self._cond:
                     self.faulted[fault.kind] += 1
+                    self.faulted_routes[(fault.kind, route)] += 1
             if fault.kind == "rate_limit":
                 headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
                 if fault.body == "text":
