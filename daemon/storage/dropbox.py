@@ -44,7 +44,13 @@ from daemon.secrets import register_secret
 from daemon.storage.base import is_ignored_name
 from daemon.storage.dropbox_auth import DropboxCredentials as DropboxCredentials
 from daemon.storage.dropbox_auth import authorize_dropbox as authorize_dropbox
-from daemon.storage.dropbox_errors import VENDOR_ERRORS, api_error, tag_chain, translate_error
+from daemon.storage.dropbox_errors import (
+    VENDOR_ERRORS,
+    api_error,
+    note_retry_after,
+    tag_chain,
+    translate_error,
+)
 from daemon.storage.dropbox_namespace import Namespace, other_client, select_namespace
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,7 @@ class DropboxStorage:
         self.settings = settings
         self._owns_session = session is None
         self._session = session if session is not None else dropbox.create_session()
+        self._session.hooks["response"].append(note_retry_after)
         for secret in (credentials.refresh_token, credentials.app_secret):
             if secret:
                 register_secret(secret)

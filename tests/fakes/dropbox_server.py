@@ -610,8 +610,13 @@ class FakeDropbox:
         status: int = 500,
         routes: list[str] | None = None,
         probability: float = 1.0,
+        retry_after: int | None = None,
     ) -> None:
-        self._add_fault(Fault("server_error", _routes(routes), count, probability, status=status))
+        """Answer `status` (5xx, plain text) `count` times; with `retry_after`, a
+        `Retry-After` header too (Dropbox's 503 when it sheds load)."""
+        self._add_fault(
+            Fault("server_error", _routes(routes), count, probability, retry_after, status=status)
+        )
 
     def lock_contention(self, count: int | None = 1, *, routes: list[str] | None = None) -> None:
         """Write routes answer 409 with their `too_many_write_operations` error."""
@@ -680,7 +685,8 @@ class FakeDropbox:
                     {"error_summary": f"{fault.reason}/..", "error": error}, 429, headers
                 )
             if fault.kind == "server_error":
-                return text_reply(fault.status, "Internal Server Error")
+                retry = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
+                return text_reply(fault.status, "Internal Server Error", retry)
             if fault.kind == "lock" and route in LOCK_ERRORS:
                 error = LOCK_ERRORS[route]
                 return json_reply({"error_summary": summary_of(error), "error": error}, 409)
