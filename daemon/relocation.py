@@ -3,8 +3,9 @@ only while the input is still the revision processed; a move interrupted by a cr
 transient storage trouble is finished later (`relocate_pending`).
 
 Moves are batched: an input whose outcome is recorded joins a queue, and whichever worker
-finds no flush in progress sends everything queued (the ones that finished while the
-previous batch was out) as one `relocate_many` per area (Dropbox: `files/move_batch_v2`),
+finds no flush in progress waits `BATCH_LINGER` for others finishing at the same moment,
+then sends everything queued (with the ones that finished while the previous batch was
+out) as one `relocate_many` per area (Dropbox: `files/move_batch_v2`),
 which keeps writes to the namespace few when many images finish together."""
 
 from __future__ import annotations
@@ -20,16 +21,20 @@ from daemon.storage.base import Storage
 
 log = logging.getLogger(__name__)
 RELOCATE_FOR_POLICY = {"move": "archive", "delete": "delete", "keep": None}
+BATCH_LINGER = 0.2  # seconds a flush waits for more finished images before it sends
 
 
 class Relocator:
     """The pipeline's last step over the storage port; targets are `archive`, `failed`,
     `delete` or None (leave the input where it is)."""
 
-    def __init__(self, storage: Storage, ledger: Ledger, stop: threading.Event) -> None:
+    def __init__(
+        self, storage: Storage, ledger: Ledger, stop: threading.Event, linger: float = BATCH_LINGER
+    ) -> None:
         self.storage = storage
         self.ledger = ledger
         self.stop = stop
+        self.linger = linger
         self._queue: dict[int, tuple[Item, str]] = {}
         self._queue_lock = threading.Lock()
         self._flushing = threading.Lock()
@@ -54,6 +59,10 @@ class Relocator:
             if not self._flushing.acquire(blocking=wait):
                 return  # the flush in progress picks up what was queued
             try:
+                with self._queue_lock:
+                    idle = not self._queue
+                if not idle:
+                    self.stop.wait(self.linger)  # let images finishing now join this batch
                 with self._queue_lock:
                     batch, self._queue = list(self._queue.values()), {}
                 self._send(batch)

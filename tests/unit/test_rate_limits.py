@@ -14,6 +14,7 @@ from daemon.errors import RateLimitedError, TransientError
 from daemon.inplace_retry import PatientStorage, RateLimitWaiter
 from daemon.ledger import Ledger
 from daemon.models import Area, CutoutResult, ItemStatus, OutputFormat, RemoteFile
+from daemon.relocation import Relocator
 from daemon.service import Service
 from daemon.storage.local import LocalStorage
 from tests.helpers import ChromaKeyEngine, alpha_iou, write_shape
@@ -28,6 +29,8 @@ class FlakyStorage(LocalStorage):
         self.move_errors: list[Exception] = []
         self.move_forever: Exception | None = None
         self.batches: list[int] = []
+        self.hold: threading.Event | None = None  # the first batch waits for it
+        self.sending = threading.Event()
 
     def write(self, area: Area, path: str, data: bytes) -> str:
         if area == Area.OUTPUT and self.write_errors:
@@ -43,6 +46,9 @@ class FlakyStorage(LocalStorage):
 
     def relocate_many(self, files: Sequence[RemoteFile], area: Area) -> list[str | Exception]:
         self.batches.append(len(files))
+        if self.hold is not None and not self.sending.is_set():
+            self.sending.set()
+            self.hold.wait(10)
         return super().relocate_many(files, area)
 
 
@@ -181,3 +187,30 @@ def test_a_batch_retries_only_its_rate_limited_entries(root: Path) -> None:
     patient = PatientStorage(storage, RateLimitWaiter(5.0, threading.Event()))
     assert patient.relocate_many(files, Area.ARCHIVE) == ["a.jpg", "b.jpg", "c.jpg"]
     assert storage.batches == [3, 2]  # a and b failed in the first batch, went again
+
+
+def test_moves_that_finish_together_go_out_as_one_batch(
+    make_settings: Callable[..., Settings], root: Path
+) -> None:
+    """While one batch is out, three more images finish: they go out together next."""
+    names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    for name in names:
+        write_shape(root / "input" / name)
+    settings = make_settings()
+    storage = FlakyStorage(str(root))
+    ledger = Ledger(settings.ledger.url)
+    ledger.migrate()
+    ledger.record_changes(storage.key, storage.list_changes(None), "local")
+    items = {i.path: i for i in ledger.list_items()}
+    storage.hold = release = threading.Event()
+    relocator = Relocator(storage, ledger, threading.Event(), linger=0.0)
+    first = threading.Thread(target=relocator.relocate, args=(items["a.jpg"], "archive"))
+    first.start()
+    assert storage.sending.wait(10)
+    for name in names[1:]:  # they find a flush in progress and only queue
+        relocator.relocate(items[name], "archive")
+    release.set()
+    first.join(10)
+    assert storage.batches == [1, 3]
+    assert sorted(p.name for p in (root / "archive").iterdir()) == names
+    ledger.close()
