@@ -604,6 +604,7 @@ def test_dropbox_write_limits_with_run_once(
         upload_429s=served.get(UPLOAD, 0),
         move_429s=sum(served.get(route, 0) for route in MOVES),
         waits_in_place=result.stderr.count('"storage.rate_limited"'),
+        move_batch_calls=dropbox.counts["files/move_batch_v2"],
         released=events["released"],
         retries=events["retry_scheduled"],
         results_from_spool=events["result_from_spool"],
