@@ -388,5 +388,5 @@ class Pipeline:
     def relocate(self, item: Item, target: str | None) -> None:
         self.relocator.relocate(item, target)
 
-    def relocate_pending(self) -> None:
-        self.relocator.relocate_pending()
+    def relocate_pending(self, wait: bool = True) -> None:
+        self.relocator.relocate_pending(wait)

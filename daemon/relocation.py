@@ -47,12 +47,13 @@ class Relocator:
             self._queue[item.id] = (item, target)
         self._flush(wait=False)
 
-    def relocate_pending(self) -> None:
-        """Finish moves interrupted by a crash or by transient storage trouble."""
+    def relocate_pending(self, wait: bool = True) -> None:
+        """Finish moves interrupted by a crash or by transient storage trouble. Without
+        `wait`, a flush in progress (perhaps waiting out a rate limit) takes them over."""
         with self._queue_lock:
             for item, target in self.ledger.pending_relocations():
                 self._queue.setdefault(item.id, (item, target))
-        self._flush(wait=True)
+        self._flush(wait=wait)
 
     def _flush(self, wait: bool) -> None:
         while True:

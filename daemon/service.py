@@ -218,7 +218,7 @@ class Service:
         the pass failed (it is retried by the next one)."""
         try:
             found = self.pipeline.discover(progress=self._ping_watchdog)
-            self.pipeline.relocate_pending()
+            self.pipeline.relocate_pending(wait=False)  # never hold up the watchdog's pass
         except AuthError as exc:
             self._fatal(exc)
             return 0
