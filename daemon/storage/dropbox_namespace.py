@@ -33,6 +33,7 @@ class Namespace:
     team: bool  # the account's root is a team space's
     root_id: str
     home_id: str
+    account_type: str = ""  # Dropbox's own word: basic, pro or business
 
     @property
     def other_id(self) -> str | None:
@@ -42,6 +43,8 @@ class Namespace:
 
     def describe(self) -> str:
         account = "team space" if self.team else "personal account"
+        if self.account_type:
+            account = f"{account} ({self.account_type})"
         if self.other_id is None:
             return f"{account}; namespace {self.id} (root and home are the same)"
         return f"{account}; {self.kind} namespace {self.id}"
@@ -67,13 +70,15 @@ class Namespace:
 def select_namespace(client: Any, path_root: str) -> tuple[Namespace, Any]:
     """Read the account's `root_info`; the namespace for `path_root` and the client whose
     every call (RPC, upload, download, longpoll) is rooted there."""
-    info = client.users_get_current_account().root_info
+    account = client.users_get_current_account()
+    info = account.root_info
     team = isinstance(info, sdk_common.TeamRootInfo)
     root_id, home_id = str(info.root_namespace_id), str(info.home_namespace_id)
+    kind = str(getattr(account.account_type, "_tag", "") or "")
     if path_root == "home":
-        return Namespace(home_id, "home", team, root_id, home_id), client
+        return Namespace(home_id, "home", team, root_id, home_id, kind), client
     rooted = client.with_path_root(sdk_common.PathRoot.root(root_id))
-    return Namespace(root_id, "root", team, root_id, home_id), rooted
+    return Namespace(root_id, "root", team, root_id, home_id, kind), rooted
 
 
 def other_client(client: Any, namespace: Namespace) -> Any:

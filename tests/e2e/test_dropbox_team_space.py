@@ -82,7 +82,7 @@ def test_the_configured_namespace_is_processed_and_the_other_left_alone(
     check = run_cutoutd("--config", str(config), "check", env=env)
     assert check.returncode == 0, check.stderr
     namespace = "home namespace" if path_root == "home" else "root namespace"
-    assert f"storage: Dropbox team space; {namespace} " in check.stdout
+    assert f"storage: Dropbox team space (business); {namespace} " in check.stdout
     assert f"root:    {ROOT} exists" in check.stdout
 
     result = run_cutoutd("--config", str(config), "run", "--once", env=env)

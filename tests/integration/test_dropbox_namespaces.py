@@ -66,7 +66,7 @@ def test_check_reports_where_the_root_is_and_hints_at_the_other_namespace(
 ) -> None:
     report = make_storage().inspect_root()
     assert report.exists and report.elsewhere is None
-    assert report.location.startswith("Dropbox team space; root namespace ")
+    assert report.location.startswith("Dropbox team space (business); root namespace ")
     team.put_file(f"{HOME}/Photos/RemoveBGProcess/input/x.jpg", b"x")
     only_at_home = make_storage(root="/Photos/RemoveBGProcess").inspect_root()
     assert (only_at_home.exists, only_at_home.elsewhere) == (False, "home")
@@ -122,3 +122,21 @@ def test_invalid_root_rereads_the_account_and_resets_the_cursor_once(
     service.work_until_idle()
     assert f"{TEAM_ROOT}/output/team.png" in team.files_under(f"{TEAM_ROOT}/output")
     service.close()
+
+
+def test_a_personal_account_reads_as_before() -> None:
+    with FakeDropbox() as personal:
+        personal.put_file("/RemoveBGProcess/input/a.jpg", b"a")
+        credentials = DropboxCredentials(
+            personal.app_key, personal.app_secret, personal.refresh_token
+        )
+        session = personal.session()
+        storage = DropboxStorage("/RemoveBGProcess", False, FAST, credentials, session=session)
+        report = storage.inspect_root()
+        assert report.exists
+        assert report.location == (
+            "Dropbox personal account (pro); namespace 3160911537 (root and home are the same)"
+        )
+        assert names(storage.list_changes(None).changes) == ["a.jpg"]
+        storage.close()
+        session.close()
