@@ -28,7 +28,7 @@ from daemon.errors import (
 from daemon.ledger import Ledger
 from daemon.logs import context
 from daemon.models import Area, Item, ItemStatus
-from daemon.relocation import RELOCATE_FOR_POLICY, Relocator
+from daemon.relocation import BATCH_LINGER, RELOCATE_FOR_POLICY, Relocator
 from daemon.results import EngineObserver, Results
 from daemon.secrets import redact
 from daemon.spool import ResultSpool
@@ -104,7 +104,8 @@ class Pipeline:
         self.results = Results(
             engine, storage, ledger, settings.engine.options, self.observer, spool
         )
-        self.relocator = Relocator(storage, ledger, stop)
+        linger = BATCH_LINGER if settings.source.kind == "dropbox" else 0.0  # a folder: no batches
+        self.relocator = Relocator(storage, ledger, stop, linger)
 
     # -- discovery ------------------------------------------------------------------------
 

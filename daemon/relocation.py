@@ -3,7 +3,8 @@ only while the input is still the revision processed; a move interrupted by a cr
 transient storage trouble is finished later (`relocate_pending`).
 
 Moves are batched: an input whose outcome is recorded joins a queue, and whichever worker
-finds no flush in progress waits `BATCH_LINGER` for others finishing at the same moment,
+finds no flush in progress waits `BATCH_LINGER` (Dropbox only: a local folder has no
+batches to fill) for others finishing at the same moment,
 then sends everything queued (with the ones that finished while the previous batch was
 out) as one `relocate_many` per area (Dropbox: `files/move_batch_v2`),
 which keeps writes to the namespace few when many images finish together."""
