@@ -9,16 +9,16 @@ from dataclasses import replace
 
 import pytest
 
-from daemon.config import Settings
+from daemon.config import DropboxSettings, Settings
 from daemon.errors import CursorResetError, TransientError
 from daemon.ledger import Ledger
 from daemon.models import RemoteFile
 from daemon.service import Service
 from daemon.storage.dropbox import DropboxCredentials, DropboxStorage
-from tests.fakes.dropbox_fixtures import FAST
 from tests.fakes.dropbox_server import FakeDropbox
 from tests.helpers import ChromaKeyEngine, encode, shape_image
 
+FAST = DropboxSettings(timeout=10.0, max_retries_on_error=1, max_retries_on_rate_limit=0)
 TEAM_ROOT = "/Marketing/RemoveBGProcess"
 HOME = "/Alice Smith"
 
