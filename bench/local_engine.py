@@ -47,7 +47,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from daemon import imaging
 from daemon.engines import local
 from daemon.engines.local import LocalEngine, mask_image, model_input, run_model
-from daemon.models import CutoutOptions, EngineJob, Item, ItemStatus
+from daemon.models import Cutout, EngineJob, Item, ItemStatus, OutputSpec
+from daemon.rendering import render
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,7 +164,7 @@ def job_for(path: Path) -> EngineJob:
         1, path.name, path.name.lower(), "rev", "hash", 0, ItemStatus.PROCESSING, 0, None,
         None, "local", None, None, None, now, now, None, None, None,
     )  # fmt: skip
-    return EngineJob(item, CutoutOptions(), path.read_bytes, refuse, refuse)
+    return EngineJob(item, path.read_bytes, refuse, refuse)
 
 
 def refuse(*_: object) -> Any:
@@ -185,7 +186,7 @@ def make_engine(variant: str, threads: int | None) -> LocalEngine:
 
 def engine_loop(engine: LocalEngine) -> Callable[[list[Path], Path], None]:
     def one(path: Path, out: Path) -> None:
-        (out / f"{path.stem}.png").write_bytes(engine.cut_out(job_for(path)).data)
+        (out / f"{path.stem}.png").write_bytes(render(engine.cut_out(job_for(path)), OutputSpec()))
 
     def run(paths: list[Path], out: Path) -> None:
         with ThreadPoolExecutor(engine.workers) as pool:
@@ -283,7 +284,8 @@ def profile_one(ours: Any, theirs: Any, data: bytes, stages: dict[str, Any]) -> 
     tensor = timed(engine, "to 320 + normalise", lambda: model_input(image))
     raw = timed(engine, "inference (1 thread)", lambda: run_model(ours, tensor))
     mask = timed(engine, "mask to full size", lambda: mask_image(raw, image.size))
-    timed(engine, "compose + PNG", lambda: imaging.compose_output(image, mask, CutoutOptions()))
+    cutout = Cutout(image, imaging.combined_alpha(image, mask))
+    timed(engine, "compose + PNG", lambda: render(cutout, OutputSpec()))
     timed(sequential, "whole image", lambda: rembg_remove(theirs, data))
     timed(sequential, "inference (default threads)", lambda: run_model(theirs, tensor))
 

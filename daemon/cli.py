@@ -41,6 +41,7 @@ from daemon.output import (
     RESULT_FIELDS,
     exported_event,
     item_record,
+    output_record,
     requeued_record,
     stats_record,
     step_record,
@@ -276,12 +277,16 @@ def command_check(settings: Settings, args: argparse.Namespace) -> int:
             return 1
         print(f"root:    {root.root} {'exists' if root.exists else 'does not exist: created'}")
         service.storage.ensure_layout()
-        service.engine.start()
+        for engine in service.engines:
+            engine.start()
         counts = service.ledger.counts()
     finally:
         service.close()
     print(f"folders: {service.storage.describe()}: input/ output/ archive/ failed/ ready")
-    print(f"engine:  {settings.engine.kind}: ready")
+    print(f"engine:  {', '.join(settings.engine_kinds)}: ready")
+    for profile in settings.profiles:
+        outputs = ", ".join(f"{s.folder or '.'}/*.{s.format.extension}" for s in profile.outputs)
+        print(f"profile: {profile.name}: {', '.join(profile.match)} -> {outputs}")
     print(f"ledger:  {service.ledger.describe()}: {sum(counts.values())} revisions")
     return 0
 
@@ -352,7 +357,11 @@ def command_ledger_show(settings: Settings, args: argparse.Namespace) -> int:
         histories = audit.show(args.ref)
     if fmt == "json":
         records = [
-            {**item_record(h.item), "events": [step_record(s) for s in h.steps()]}
+            {
+                **item_record(h.item),
+                "outputs": [output_record(o) for o in h.outputs],
+                "events": [step_record(s) for s in h.steps()],
+            }
             for h in histories
         ]
         write_records(records, "json", sys.stdout, ())

@@ -65,8 +65,9 @@ def build_spool(settings: Settings) -> ResultSpool:
     return ResultSpool(base / ledger_digest, settings.spool.max_bytes)
 
 
-def build_engine(settings: Settings, stop: threading.Event) -> Engine:
-    if settings.engine.kind == "photoshop":
+def build_engine(settings: Settings, stop: threading.Event, kind: str | None = None) -> Engine:
+    """The engine of `kind` (default: `[engine] kind`)."""
+    if (kind or settings.engine.kind) == "photoshop":
         from daemon.engines.photoshop import PhotoshopEngine
 
         return PhotoshopEngine.from_environment(settings.photoshop, stop)
@@ -82,9 +83,14 @@ def build_engine(settings: Settings, stop: threading.Event) -> Engine:
     )
 
 
+def build_other_engines(settings: Settings, stop: threading.Event) -> dict[str, Engine]:
+    """The engines that `[[profile]]` tables choose besides `[engine] kind`'s."""
+    return {kind: build_engine(settings, stop, kind) for kind in settings.engine_kinds[1:]}
+
+
 def worker_count(settings: Settings) -> int:
     """Local engine: one thread per model run. Photoshop: threads mostly wait on polls."""
-    if settings.engine.kind == "photoshop":
+    if "photoshop" in settings.engine_kinds:
         return settings.photoshop.max_in_flight
     return settings.engine.workers
 

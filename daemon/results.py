@@ -1,6 +1,9 @@
-"""An image's result: from the spool when an earlier attempt of its ledger row received it
-but could not write it out, else from the engine, and then kept in the spool until the
-output is written (see daemon.spool). A result that was received is never paid for twice."""
+"""An image's cutout: from the spool when an earlier attempt of its ledger row received it
+from a remote engine but could not write the outputs, else from the engine. A remote
+engine's result (Adobe's PNG, billed) is kept in the spool until every output is written
+(see daemon.spool), so a result that was received is never paid for twice. The local
+engine's cutouts are not spooled: computing one again costs only CPU, about what
+encoding it for the spool would."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Protocol
 from daemon.engines.base import Engine
 from daemon.ledger import Ledger
 from daemon.logs import context
-from daemon.models import CutoutOptions, CutoutResult, EngineJob, Item, SubmittedJob
+from daemon.models import EncodedCutout, EngineJob, EngineResult, Item, SubmittedJob
 from daemon.spool import ResultSpool
 from daemon.storage.base import Storage
 
@@ -31,34 +34,30 @@ class Results:
 
     def __init__(
         self,
-        engine: Engine,
         storage: Storage,
         ledger: Ledger,
-        options: CutoutOptions,
         observer: EngineObserver,
         spool: ResultSpool | None,
     ) -> None:
-        self.engine = engine
         self.storage = storage
         self.ledger = ledger
-        self.options = options
         self.observer = observer
         self.spool = spool
 
-    def result_for(self, item: Item) -> CutoutResult:
-        return self._spooled(item) or self._cut_out(item)
+    def result_for(self, item: Item, engine: Engine) -> EngineResult:
+        return self._spooled(item) or self._cut_out(item, engine)
 
     def forget(self, item: Item) -> None:
-        """The row's output is written, or the row ended otherwise."""
+        """The row's outputs are written, or the row ended otherwise."""
         if self.spool is not None:
             self.spool.discard(item.id)
 
-    def _spooled(self, item: Item) -> CutoutResult | None:
+    def _spooled(self, item: Item) -> EncodedCutout | None:
         """A result an earlier attempt of this row received but could not write out: it
-        is written from the spool, never paid for again (see daemon.spool)."""
-        if self.spool is None:
+        is written from the spool; no job is resumed, nothing is submitted."""
+        if self.spool is None or item.job_id is None:
             return None
-        result = self.spool.load(item.id, item.job_id or self.engine.name)
+        result = self.spool.load(item.id, item.job_id)
         if result is not None:
             log.info(
                 "writing the spooled result of %s",
@@ -68,17 +67,34 @@ class Results:
             self.ledger.record_event(item.id, "result_from_spool", bytes=len(result.data))
         return result
 
-    def _cut_out(self, item: Item) -> CutoutResult:
+    def _cut_out(self, item: Item, engine: Engine) -> EngineResult:
+        jobs = [item.job_id]  # the latest submission: the job whose result comes back
+        started = time.monotonic()
+        try:
+            result = engine.cut_out(self._engine_job(item, engine.name, jobs))
+        finally:
+            self.observer.engine_finished(engine.name, time.monotonic() - started)
+        if self.spool is not None and isinstance(result, EncodedCutout) and jobs[-1]:
+            self.spool.save(item.id, jobs[-1], result)
+        self.ledger.record_event(
+            item.id,
+            "result_received",
+            engine=engine.name,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return result
+
+    def _engine_job(self, item: Item, engine: str, jobs: list[str | None]) -> EngineJob:
+        """The job for `engine`; each submission is recorded, and appended to `jobs`."""
         file = item.as_file()
         submitted = (
             SubmittedJob(item.job_id, item.status_url) if item.job_id and item.status_url else None
         )
-        jobs = [item.job_id]  # the latest submission: the job whose result comes back
 
         def record_submission(job: SubmittedJob) -> None:
             self.ledger.record_submission(item.id, job, resubmitted=jobs[-1] is not None)
             jobs.append(job.job_id)
-            self.observer.job_submitted(self.engine.name)
+            self.observer.job_submitted(engine)
             log.info(
                 "submitted %s as job %s",
                 item.path,
@@ -86,26 +102,10 @@ class Results:
                 extra=context("cutout.submitted", path=item.path, rev=item.rev, job_id=job.job_id),
             )
 
-        job = EngineJob(
+        return EngineJob(
             item=item,
-            options=self.options,
             read_bytes=lambda: self.storage.read(file),
             temporary_link=lambda: self.storage.temporary_link(file),
             record_submission=record_submission,
             submitted=submitted,
         )
-        started = time.monotonic()
-        try:
-            result = self.engine.cut_out(job)
-        finally:
-            self.observer.engine_finished(self.engine.name, time.monotonic() - started)
-        if self.spool is not None:
-            self.spool.save(item.id, jobs[-1] or self.engine.name, result)
-        self.ledger.record_event(
-            item.id,
-            "result_received",
-            engine=self.engine.name,
-            seconds=round(time.monotonic() - started, 3),
-            bytes=len(result.data),
-        )
-        return result

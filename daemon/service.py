@@ -19,6 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from daemon.compose import (
     build_engine,
     build_metrics,
+    build_other_engines,
     build_spool,
     build_storage,
     discovery_interval,
@@ -80,6 +81,7 @@ class Service:
         *,
         storage: Storage | None = None,
         engine: Engine | None = None,
+        other_engines: dict[str, Engine] | None = None,
         ledger: Ledger | None = None,
         notifier: Notifier | None = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -94,10 +96,20 @@ class Service:
         )
         self.storage = patient_storage(storage or build_storage(settings), settings, self.stop)
         self.engine = engine or build_engine(settings, self.stop)
+        if other_engines is None:
+            other_engines = build_other_engines(settings, self.stop)
+        self.engines = [self.engine, *other_engines.values()]
         self.metrics = build_metrics(settings, self.engine)
         self.spool = build_spool(settings)
         self.pipeline = Pipeline(
-            self.storage, self.engine, self.ledger, settings, self.stop, self.metrics, self.spool
+            self.storage,
+            self.engine,
+            self.ledger,
+            settings,
+            self.stop,
+            self.metrics,
+            engines=other_engines,
+            spool=self.spool,
         )
         self.in_flight: dict[int, Item] = {}
         self._lock = threading.Lock()
@@ -126,7 +138,8 @@ class Service:
         if self.ledger.migrate():
             log.info("ledger schema upgraded", extra=context("ledger.migrated"))
         self.storage.ensure_layout()
-        self.engine.start()
+        for engine in self.engines:
+            engine.start()
         self._open_spool()
         recovered = self.ledger.recover_stale()
         if recovered:
@@ -148,7 +161,8 @@ class Service:
         self.spool.clean(still_wanted)
 
     def close(self) -> None:
-        self.engine.close()
+        for engine in self.engines:
+            engine.close()
         self.storage.close()
         self.ledger.close()
         self.notifier.close()

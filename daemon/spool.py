@@ -1,9 +1,9 @@
-"""The result spool: an engine's result kept on local disk until its output is written.
+"""The result spool: a remote engine's result kept on local disk until its outputs are written.
 
-A result received from Adobe is billed; if the output upload then fails (a rate limit, an
+A result received from Adobe is billed; if an output upload then fails (a rate limit, an
 outage, a claim given back, a stop, SIGKILL), the next attempt of that ledger row writes
-from here instead of resubmitting. One file per row, named `<row id>.<job>.<format>`
-(`job` is a digest of the remote job id, or the engine's name for local results), written
+from here instead of resubmitting. One file per row, named `<row id>.<job>.bin` (`job` is
+a digest of the remote job id), holding the engine's encoded result as received, written
 under a temporary name, fsynced, renamed, and the directory fsynced: an entry is whole or
 absent. Entries go when the row's output is written or the row ends otherwise, and at
 start for rows that are terminal. The spool is bounded (`[spool] max_bytes`): a result
@@ -21,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon.logs import context
-from daemon.models import CutoutResult, OutputFormat
+from daemon.models import EncodedCutout
 
 log = logging.getLogger(__name__)
 TEMPORARY_PREFIX = ".tmp-"
+SUFFIX = ".bin"
 
 
 def job_key(job: str) -> str:
@@ -49,9 +50,9 @@ class ResultSpool:
     def _entries(self, item_id: int) -> list[Path]:
         return sorted(self.directory.glob(f"{item_id}.*"))
 
-    def save(self, item_id: int, job: str, result: CutoutResult) -> bool:
-        """Keep `result` for the row; False (and a WARNING) when the spool is full."""
-        target = self.directory / f"{item_id}.{job_key(job)}.{result.output_format.value}"
+    def save(self, item_id: int, job: str, result: EncodedCutout) -> bool:
+        """Keep `result` of `job` for the row; False (and a WARNING) when the spool is full."""
+        target = self.directory / f"{item_id}.{job_key(job)}{SUFFIX}"
         with self._lock:
             if self.size() + len(result.data) > self.max_bytes:
                 log.warning(
@@ -73,18 +74,13 @@ class ResultSpool:
                     stale.unlink(missing_ok=True)
         return True
 
-    def load(self, item_id: int, job: str) -> CutoutResult | None:
+    def load(self, item_id: int, job: str) -> EncodedCutout | None:
         """The spooled result of this row and job, or None."""
-        prefix = f"{item_id}.{job_key(job)}."
-        for path in self._entries(item_id):
-            if not path.name.startswith(prefix):
-                continue
-            try:
-                output_format = OutputFormat(path.name.removeprefix(prefix))
-                return CutoutResult(path.read_bytes(), output_format)
-            except (ValueError, OSError):
-                return None
-        return None
+        path = self.directory / f"{item_id}.{job_key(job)}{SUFFIX}"
+        try:
+            return EncodedCutout(path.read_bytes(), f"the spooled result of job {job}")
+        except OSError:
+            return None
 
     def discard(self, item_id: int) -> None:
         with self._lock:

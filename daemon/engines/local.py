@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.errors import EngineUnavailableError
-from daemon.models import CutoutResult, EngineJob
+from daemon.models import Cutout, EngineJob
 
 if TYPE_CHECKING:
     import numpy as np
@@ -259,7 +259,9 @@ class LocalEngine:
         extra["model_path"] = str(path)
         log.info("local engine ready: %s with %s", self.model, counts, extra=extra)
 
-    def cut_out(self, job: EngineJob) -> CutoutResult:
+    def cut_out(self, job: EngineJob) -> Cutout:
+        """The input, decoded upright in sRGB, and the model's mask times its own alpha;
+        the outputs are rendered from them outside the engine's slots."""
         from daemon import imaging
 
         if self._session is None:
@@ -270,10 +272,9 @@ class LocalEngine:
             try:
                 image = imaging.decode_image(data, max_pixels=self.max_pixels)
                 mask = self._predict_mask(session, image)
-                output = imaging.compose_output(image, mask, job.options)
             finally:
                 self._leave()
-        return CutoutResult(output, job.options.output_format)
+        return Cutout(image, imaging.combined_alpha(image, mask))
 
     def close(self) -> None:
         with self._releasing, self._lock:  # waits for an idle release in progress

@@ -16,14 +16,7 @@ from daemon.config import Settings
 from daemon.errors import AuthError, RateLimitedError, TransientError
 from daemon.ledger import Ledger
 from daemon.metrics import MetricsServer
-from daemon.models import (
-    ChangeBatch,
-    CutoutResult,
-    EngineJob,
-    ItemStatus,
-    OutputFormat,
-    SubmittedJob,
-)
+from daemon.models import ChangeBatch, Cutout, EncodedCutout, EngineJob, ItemStatus, SubmittedJob
 from daemon.secrets import register_secret
 from daemon.service import Service
 from daemon.storage.local import LocalStorage
@@ -42,7 +35,7 @@ class SubmittingEngine(ChromaKeyEngine):
     """Like a remote engine: records a submission (job id) before the result arrives, and
     keeps its own count of 429 answers."""
 
-    def cut_out(self, job: EngineJob) -> CutoutResult:
+    def cut_out(self, job: EngineJob) -> Cutout:
         job.record_submission(SubmittedJob(f"job-{self.calls}", "http://127.0.0.1/status"))
         return super().cut_out(job)
 
@@ -124,7 +117,7 @@ def test_scrape_counts_outcomes_retries_and_latencies(
     assert samples[("cutoutd_pending", ())] == 0
     assert samples[("cutoutd_last_successful_poll_timestamp_seconds", ())] > 1.7e9
     assert samples[("cutoutd_spool_bytes", ())] == 0  # every result written out
-    service.spool.save(99, "local", CutoutResult(b"x" * 1234, OutputFormat.PNG))
+    service.spool.save(99, "job-99", EncodedCutout(b"x" * 1234, "Adobe job job-99"))
     assert scrape(server)[("cutoutd_spool_bytes", ())] == 1234
 
 

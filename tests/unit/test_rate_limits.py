@@ -13,11 +13,19 @@ from daemon.config import Settings
 from daemon.errors import RateLimitedError, TransientError
 from daemon.inplace_retry import PatientStorage, RateLimitWaiter
 from daemon.ledger import Ledger
-from daemon.models import Area, CutoutResult, ItemStatus, OutputFormat, RemoteFile
+from daemon.models import (
+    Area,
+    Cutout,
+    EncodedCutout,
+    EngineJob,
+    ItemStatus,
+    RemoteFile,
+    SubmittedJob,
+)
 from daemon.relocation import Relocator
 from daemon.service import Service
 from daemon.storage.local import LocalStorage
-from tests.helpers import ChromaKeyEngine, alpha_iou, write_shape
+from tests.helpers import ChromaKeyEngine, alpha_iou, encode, write_shape
 
 
 class FlakyStorage(LocalStorage):
@@ -52,6 +60,18 @@ class FlakyStorage(LocalStorage):
         return super().relocate_many(files, area)
 
 
+class BilledEngine(ChromaKeyEngine):
+    """Like the Photoshop engine: each call is a submission (recorded before the result),
+    and the result comes back encoded, a PNG with alpha."""
+
+    def cut_out(self, job: EngineJob) -> EncodedCutout:
+        job.record_submission(SubmittedJob(f"job-{self.calls + 1}", "http://127.0.0.1/s"))
+        cutout: Cutout = super().cut_out(job)
+        image = cutout.image.convert("RGBA")
+        image.putalpha(cutout.alpha)
+        return EncodedCutout(encode(image, "PNG"), f"job-{self.calls}")
+
+
 Rig = tuple[Service, FlakyStorage, ChromaKeyEngine]
 Make = Callable[..., Rig]
 
@@ -60,7 +80,7 @@ Make = Callable[..., Rig]
 def make(make_settings: Callable[..., Settings], root: Path) -> Make:
     def build(**sections: dict[str, object]) -> Rig:
         settings = make_settings(**sections)
-        storage, engine = FlakyStorage(str(root)), ChromaKeyEngine()
+        storage, engine = FlakyStorage(str(root)), BilledEngine()
         service = Service(
             settings, storage=storage, engine=engine, ledger=Ledger(settings.ledger.url)
         )
@@ -116,9 +136,9 @@ def test_spooled_results_of_finished_rows_are_removed_at_start(make: Make, root:
     service, _, _ = make()
     service.run_once()
     [item] = service.ledger.list_items()
-    png = CutoutResult(b"\x89PNG", OutputFormat.PNG)
-    service.spool.save(item.id, "local", png)  # succeeded: its entry is stale
-    service.spool.save(999, "local", png)  # a row this ledger does not have
+    png = EncodedCutout(b"\x89PNG", "job-1")
+    service.spool.save(item.id, "job-1", png)  # succeeded: its entry is stale
+    service.spool.save(999, "job-9", png)  # a row this ledger does not have
     assert service.spool.item_ids() == {item.id, 999}
     service.close()
     again, _, _ = make()
