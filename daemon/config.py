@@ -70,6 +70,7 @@ class RetrySettings:
     backoff_initial: float = 10.0
     backoff_multiplier: float = 3.0
     backoff_max: float = 3600.0
+    rate_limit_wait: float = 60.0  # seconds an image waits in place on Dropbox rate limits
 
     def delay_after(self, attempts: int) -> float:
         """Seconds to wait before attempt number `attempts + 1`."""
@@ -96,6 +97,7 @@ class DropboxSettings:
     max_retries_on_error: int = 4
     max_retries_on_rate_limit: int = 0
     longpoll_timeout: int = 30
+    path_root: str = "root"  # "root": the account's root namespace (team space); "home"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,12 @@ class PhotoshopSettings:
     job_timeout: float = 600.0
     request_timeout: float = 60.0
     color_decontamination: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSettings:
+    directory: str = ""  # empty: `spool/` beside a SQLite ledger, else in the state directory
+    max_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +151,7 @@ class Settings:
     photoshop: PhotoshopSettings = field(default_factory=PhotoshopSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     notify: tuple[NotifySettings, ...] = ()
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
     profiles: tuple[Profile, ...] = ()
     config_path: str | None = None
     # Messages about deprecated keys, logged once at start-up (logging is not set up yet
@@ -257,6 +266,7 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
                 "backoff_initial": non_negative,
                 "backoff_multiplier": at_least_one,
                 "backoff_max": non_negative,
+                "rate_limit_wait": non_negative,
             },
         ),
         log=read_table(
@@ -277,6 +287,7 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
             "dropbox",
             DropboxSettings,
             problems,
+            choices={"path_root": ("root", "home")},
             checks={
                 "timeout": positive,
                 "max_retries_on_error": non_negative,
@@ -309,6 +320,9 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
         ),
         http=http,
         notify=read_notify(data, problems),
+        spool=read_table(
+            data, "spool", SpoolSettings, problems, checks={"max_bytes": at_least_one}
+        ),
         config_path=config_path,
         deprecations=deprecations,
     )

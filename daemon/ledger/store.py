@@ -28,10 +28,19 @@ from daemon.models import ChangeBatch, DeletedEntry, Item, ItemStatus, RemoteFil
 ACTIVE = (ItemStatus.PENDING, ItemStatus.PROCESSING)
 
 
-def state_directory(source_kind: str, root: str) -> Path:
-    """This machine's state: `$STATE_DIRECTORY` under systemd; otherwise, for a local
-    folder, `<root>/.cutoutd` (hidden, so never taken for an input), and for Dropbox
-    `$XDG_STATE_HOME/cutoutd` (~/.local/state by default)."""
+def default_ledger_url(source_kind: str, root: str) -> str:
+    """Where the ledger lives when `[ledger] url` is not set.
+
+    Under systemd, `$STATE_DIRECTORY/ledger.sqlite3`; otherwise, for a local folder,
+    `<root>/.cutoutd/ledger.sqlite3` (hidden, so never taken for an input), and for
+    Dropbox `$XDG_STATE_HOME/cutoutd/ledger.sqlite3` (~/.local/state by default).
+    """
+    return f"sqlite:///{default_state_directory(source_kind, root) / 'ledger.sqlite3'}"
+
+
+def default_state_directory(source_kind: str, root: str) -> Path:
+    """`$STATE_DIRECTORY` under systemd; else `<root>/.cutoutd` for a local folder, and
+    `$XDG_STATE_HOME/cutoutd` for Dropbox."""
     state = os.environ.get("STATE_DIRECTORY")
     if state:
         return Path(state.split(":")[0])
@@ -39,12 +48,6 @@ def state_directory(source_kind: str, root: str) -> Path:
         return Path(root).expanduser().resolve() / ".cutoutd"
     xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(xdg) / "cutoutd"
-
-
-def default_ledger_url(source_kind: str, root: str) -> str:
-    """Where the ledger lives when `[ledger] url` is not set: `ledger.sqlite3` in the
-    state directory (see `state_directory`)."""
-    return f"sqlite:///{state_directory(source_kind, root) / 'ledger.sqlite3'}"
 
 
 def default_node_id() -> str:

@@ -112,6 +112,8 @@ def test_check_and_config_errors(tmp_path: Path, write_config: WriteConfig) -> N
     result = run_cutoutd("--config", str(config), "check")
     assert result.returncode == 0, result.stderr
     assert "engine:  local: ready" in result.stdout
+    assert "storage: local folder" in result.stdout
+    assert f"root:    {root.resolve()} does not exist: created" in result.stdout
     assert (root / "input").is_dir() and (root / "failed").is_dir()
     bad = tmp_path / "bad.toml"
     bad.write_text('[source]\nkind = "ftp"\npoll_interval = 0\n[engine]\nmode = "blur"\n')
