@@ -256,6 +256,7 @@ def command_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def command_check(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.compose import describe_engine
     from daemon.service import Service
 
     service = Service(settings)
@@ -264,11 +265,12 @@ def command_check(settings: Settings, args: argparse.Namespace) -> int:
         service.storage.ensure_layout()
         service.engine.start()
         counts = service.ledger.counts()
+        hardware = describe_engine(service.engine)
     finally:
         service.close()
     print(f"config:  {settings.config_path or 'built-in defaults'}: valid")
     print(f"storage: {service.storage.describe()}: input/ output/ archive/ failed/ ready")
-    print(f"engine:  {settings.engine.kind}: ready")
+    print(f"engine:  {settings.engine.kind}: ready{f' on {hardware}' if hardware else ''}")
     print(f"ledger:  {service.ledger.describe()}: {sum(counts.values())} revisions")
     return 0
 
