@@ -220,7 +220,7 @@ def fp32_alpha(engine: local.LocalEngine, photo: Path) -> np.ndarray:
 
 
 def agreements(photos: Path, cutoutd_out: Path, rembg_out: Path) -> list[dict[str, Any]]:
-    engine = local.LocalEngine(workers=1, idle_release=None, precision="fp32", device="cpu")
+    engine = local.LocalEngine(workers=1, idle_release=None, device="cpu")
     engine.start()
     rows = []
     for photo in sorted(photos.glob("*.jpg")):
