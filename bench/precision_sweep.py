@@ -1,16 +1,18 @@
 """Which parts of u2netp survive int8? A per-stage sensitivity sweep, then a greedy mix.
 
-    .venv-sweep/bin/python bench/precision_sweep.py --photos DIR [--calibration DIR]
+    python3 -m venv /tmp/sweep && /tmp/sweep/bin/pip install -e '.[local]' onnx sympy
+    /tmp/sweep/bin/python bench/precision_sweep.py --photos DIR [--calibration DIR]
 
-Needs `onnx` and onnxruntime's quantization tools (not project dependencies: install them
-into a scratch venv with the project). For each of U²-Net small's 13 stages (six encoder
-stages, five decoder stages, the six side outputs, the fusion), quantizes only that stage's
-convolutions to int8 (onnxruntime QDQ, per-channel s8 weights, u8 activations, MinMax
-calibration on the shipped sample photos, on an opset-13 copy of the model), and measures
-on `--photos` how far its masks move from fp32: worst IoU of alpha >= 128 and mean absolute
-difference, at the model's 320x320. Then adds stages in order of sensitivity, least first,
-while every photo keeps IoU >= --gate, and times each kept mix (2 single-threaded runs at
-once, as the engine runs them). Figures and their reading: docs/benchmarks.md.
+`onnx` and `sympy` (for onnxruntime's quantization tools) are not project dependencies.
+For each of U²-Net small's 13 stages (six encoder stages, five decoder stages, the six side
+outputs, the fusion), quantizes only that stage's convolutions to int8 (onnxruntime QDQ,
+per-channel s8 weights, u8 activations, MinMax calibration on the shipped sample photos in
+examples/samples, on an opset-13 copy of the model), and measures on `--photos` how far
+its masks move from fp32: worst IoU of alpha >= 128 (and which photo), how many photos
+fall below 0.99, and the mean absolute difference, at the model's 320x320. Then adds the
+stages that pass alone, least sensitive first, while every photo keeps IoU >= --gate, and
+times each kept mix (2 single-threaded runs at once, as the engine runs them). Figures
+and their reading: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -76,9 +78,12 @@ class Tensors(CalibrationDataReader):  # type: ignore[misc]
         return next(self._feeds, None)
 
 
+def photos_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+
+
 def tensors_from(folder: Path) -> list[np.ndarray]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png"))
-    return [model_input(imaging.decode_image(p.read_bytes())) for p in paths]
+    return [model_input(imaging.decode_image(p.read_bytes())) for p in photos_in(folder)]
 
 
 def quantized(opset13: Path, out: Path, calibration: list[np.ndarray], convs: list[str]) -> Path:
@@ -114,14 +119,23 @@ def planes(path: Path, tensors: list[np.ndarray]) -> list[np.ndarray]:
     return [mask_plane(s.run(None, {name: t})[0]) for t in tensors]
 
 
-def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, float]:
+def compare(
+    reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str]
+) -> dict[str, Any]:
     ious, diffs = [], []
     for a, b in zip(reference, candidate, strict=True):
         x, y = a >= 128, b >= 128
         union = int((x | y).sum())
         ious.append(1.0 if union == 0 else int((x & y).sum()) / union)
         diffs.append(float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean()))
-    return {"worst_iou": min(ious), "mean_diff": float(np.mean(diffs))}
+    worst = int(np.argmin(ious))
+    below = sum(iou < 0.99 for iou in ious)
+    return {
+        "worst_iou": ious[worst],
+        "worst_photo": names[worst],
+        "photos_below_0.99": below,
+        "mean_diff": float(np.mean(diffs)),
+    }
 
 
 def ms_per_image(path: Path, tensor: np.ndarray, runs: int = 6) -> float:
@@ -156,12 +170,13 @@ def main() -> None:
     onnx.save(onnx.version_converter.convert_version(onnx.load(str(source)), 13), str(opset13))
     groups = stages_of(onnx.load(str(opset13)))
     calibration, tensors = tensors_from(args.calibration), tensors_from(args.photos)
+    names = [path.name for path in photos_in(args.photos)]
     reference = planes(opset13, tensors)
     record: dict[str, Any] = {"fp32_ms": ms_per_image(opset13, tensors[0]), "stages": {}}
     print(f"fp32: {record['fp32_ms']:.0f} ms/image", flush=True)
     for stage, convs in groups.items():
         path = quantized(opset13, scratch / f"{stage}.onnx", calibration, convs)
-        record["stages"][stage] = compare(reference, planes(path, tensors))
+        record["stages"][stage] = compare(reference, planes(path, tensors), names)
         print(f"only {stage} int8 ({len(convs)} convs): {record['stages'][stage]}", flush=True)
     order = sorted(groups, key=lambda s: record["stages"][s]["mean_diff"])
     kept: list[str] = []
@@ -170,7 +185,7 @@ def main() -> None:
         trial = [*kept, stage]
         convs = [conv for s in trial for conv in groups[s]]
         path = quantized(opset13, scratch / "mix.onnx", calibration, convs)
-        score = compare(reference, planes(path, tensors))
+        score = compare(reference, planes(path, tensors), names)
         accepted = score["worst_iou"] >= args.gate
         if accepted:
             kept = trial
