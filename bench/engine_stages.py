@@ -5,7 +5,8 @@
 `DIR` holds JPEG photos (`bench/rembg_compare.py --keep DIR` leaves its photos there). One
 image at a time, on one thread, it times each step of the engine's path (median ms over
 the photos): hashing the bytes, decoding, the resize to 320 and normalising, one
-single-threaded model run, the mask back to full size, compositing, PNG encoding. Then the
+single-threaded model run, the mask back to full size, rendering the default output
+(compositing and PNG encoding), and PNG encoding alone at zlib levels 6, 4, 3 and 1. Then the
 alternatives the issue named, with what they change in the masks (IoU of alpha >= 128
 against the engine's own path, worst photo) or in the files:
 
@@ -32,6 +33,8 @@ from PIL import Image
 from daemon import imaging
 from daemon.engines import local, onnx_session
 from daemon.engines.u2net_io import MODEL_SIDE, mask_image, model_input
+from daemon.models import Cutout, CutoutOptions, OutputSpec
+from daemon.rendering import render
 
 
 def timed(times: dict[str, list[float]], name: str, step: Callable[[], Any]) -> Any:
@@ -74,10 +77,13 @@ def profile(
     run = onnx_session.run_model
     prediction = timed(times, "model run (1 thread)", lambda: run(session, tensor))
     mask = timed(times, "mask to full size", lambda: mask_image(prediction, image.size))
-    alpha = imaging.combined_alpha(image, mask)
-    cutout = timed(times, "composite", lambda: imaging._apply_alpha(image, alpha, None))
+    cutout = Cutout(image, imaging.combined_alpha(image, mask))
+    spec = OutputSpec.from_options(CutoutOptions())
+    timed(times, "render: composite + PNG (the default output)", lambda: render(cutout, spec))
+    rgba = image.convert("RGB")
+    rgba.putalpha(cutout.alpha)
     for level in (6, 4, 3, 1):
-        encoded = timed(times, f"PNG level {level}", lambda z=level: png(cutout, z))
+        encoded = timed(times, f"PNG level {level}", lambda z=level: png(rgba, z))
         rows.setdefault(f"PNG level {level} KB", []).append(len(encoded) / 1024)
     drafted = timed(times, "draft decode + resize + normalise", lambda: draft_input(data))
     rows.setdefault("IoU draft", []).append(

@@ -41,6 +41,7 @@ from daemon.output import (
     RESULT_FIELDS,
     exported_event,
     item_record,
+    output_record,
     requeued_record,
     stats_record,
     step_record,
@@ -263,14 +264,19 @@ def command_check(settings: Settings, args: argparse.Namespace) -> int:
     try:
         service.ledger.migrate()
         service.storage.ensure_layout()
-        service.engine.start()
+        for engine in service.engines:
+            engine.start()
         counts = service.ledger.counts()
-        hardware = describe_engine(service.engine)
+        hardware = [describe_engine(engine) for engine in service.engines]
     finally:
         service.close()
     print(f"config:  {settings.config_path or 'built-in defaults'}: valid")
     print(f"storage: {service.storage.describe()}: input/ output/ archive/ failed/ ready")
-    print(f"engine:  {settings.engine.kind}: ready{f' on {hardware}' if hardware else ''}")
+    for kind, runs_on in zip(settings.engine_kinds, hardware, strict=True):
+        print(f"engine:  {kind}: ready{f' on {runs_on}' if runs_on else ''}")
+    for profile in settings.profiles:
+        outputs = ", ".join(f"{s.folder or '.'}/*.{s.format.extension}" for s in profile.outputs)
+        print(f"profile: {profile.name}: {', '.join(profile.match)} -> {outputs}")
     print(f"ledger:  {service.ledger.describe()}: {sum(counts.values())} revisions")
     return 0
 
@@ -341,7 +347,11 @@ def command_ledger_show(settings: Settings, args: argparse.Namespace) -> int:
         histories = audit.show(args.ref)
     if fmt == "json":
         records = [
-            {**item_record(h.item), "events": [step_record(s) for s in h.steps()]}
+            {
+                **item_record(h.item),
+                "outputs": [output_record(o) for o in h.outputs],
+                "events": [step_record(s) for s in h.steps()],
+            }
             for h in histories
         ]
         write_records(records, "json", sys.stdout, ())

@@ -41,8 +41,9 @@ def build_storage(settings: Settings) -> Storage:
     )
 
 
-def build_engine(settings: Settings, stop: threading.Event) -> Engine:
-    if settings.engine.kind == "photoshop":
+def build_engine(settings: Settings, stop: threading.Event, kind: str | None = None) -> Engine:
+    """The engine of `kind` (default: `[engine] kind`)."""
+    if (kind or settings.engine.kind) == "photoshop":
         from daemon.engines.photoshop import PhotoshopEngine
 
         return PhotoshopEngine.from_environment(settings.photoshop, stop)
@@ -66,9 +67,14 @@ def describe_engine(engine: Engine) -> str:
     return str(describe()) if callable(describe) else ""
 
 
+def build_other_engines(settings: Settings, stop: threading.Event) -> dict[str, Engine]:
+    """The engines that `[[profile]]` tables choose besides `[engine] kind`'s."""
+    return {kind: build_engine(settings, stop, kind) for kind in settings.engine_kinds[1:]}
+
+
 def worker_count(settings: Settings) -> int:
     """Local engine: one thread per model run. Photoshop: threads mostly wait on polls."""
-    if settings.engine.kind == "photoshop":
+    if "photoshop" in settings.engine_kinds:
         return settings.photoshop.max_in_flight
     return settings.engine.workers
 

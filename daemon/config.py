@@ -8,20 +8,22 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from daemon.config_profiles import read_profiles
 from daemon.config_reader import (
     TableReader,
     at_least_one,
+    hex_color,
     http_url,
     non_negative,
     positive,
     read_table,
 )
 from daemon.errors import ConfigError
-from daemon.models import CutoutOptions, Mode, OutputFormat, Rgb
+from daemon.models import CutoutOptions, Mode, OutputFormat, OutputSpec, Profile, Rgb
 
 DEFAULT_ROOT = "RemoveBGProcess"
 DEFAULT_DROPBOX_ROOT = "/RemoveBGProcess"
@@ -129,15 +131,21 @@ class Settings:
     dropbox: DropboxSettings = field(default_factory=DropboxSettings)
     photoshop: PhotoshopSettings = field(default_factory=PhotoshopSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    profiles: tuple[Profile, ...] = ()
     config_path: str | None = None
 
+    @property
+    def default_profile(self) -> Profile:
+        """For inputs no `[[profile]]` matches: one output from the `[engine]` keys, in
+        output/ itself, exactly as before profiles existed."""
+        return Profile("default", (), (OutputSpec.from_options(self.engine.options),))
 
-def _hex_color(value: Any) -> str | None:
-    try:
-        Rgb.parse(value)
-    except ValueError:
-        return f"must be a colour like '#ffffff', got {value!r}"
-    return None
+    @property
+    def engine_kinds(self) -> tuple[str, ...]:
+        """Every engine some input may use: `[engine] kind` first, then the profiles'."""
+        kinds = [self.engine.kind]
+        kinds += [p.engine for p in self.profiles if p.engine and p.engine not in kinds]
+        return tuple(kinds)
 
 
 def _read_source(data: Mapping[str, Any], problems: list[str]) -> SourceSettings:
@@ -162,7 +170,7 @@ def _read_source(data: Mapping[str, Any], problems: list[str]) -> SourceSettings
 
 def _read_engine(data: Mapping[str, Any], problems: list[str]) -> EngineSettings:
     r = TableReader(data, "engine", problems)
-    color = r.get("background_color", None, str, _hex_color)
+    color = r.get("background_color", None, str, hex_color)
     options = CutoutOptions(
         mode=Mode(r.choice("mode", "cutout", tuple(m.value for m in Mode))),
         output_format=OutputFormat(
@@ -209,7 +217,7 @@ def _read_ledger(data: Mapping[str, Any], problems: list[str]) -> LedgerSettings
 def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> Settings:
     """Validate a parsed TOML document completely; raise ConfigError listing every problem."""
     problems: list[str] = []
-    known = set(Settings.__dataclass_fields__) - {"config_path"}
+    known = (set(Settings.__dataclass_fields__) - {"config_path", "profiles"}) | {"profile"}
     for section in sorted(set(data) - known):
         problems.append(f"{section}: unknown section")
     settings = Settings(
@@ -294,6 +302,7 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
         ),
         config_path=config_path,
     )
+    settings = replace(settings, profiles=read_profiles(data, settings.source.recursive, problems))
     _cross_check(settings, problems)
     if problems:
         raise ConfigError(problems)
@@ -301,11 +310,16 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
 
 
 def _cross_check(settings: Settings, problems: list[str]) -> None:
-    if settings.engine.kind == "photoshop" and settings.source.kind == "local":
-        problems.append(
-            'engine.kind: the Photoshop engine needs source.kind = "dropbox": Adobe must '
-            "fetch each input by URL, which a local folder cannot provide"
-        )
+    needs_dropbox = (
+        'the Photoshop engine needs source.kind = "dropbox": Adobe must fetch each input '
+        "by URL, which a local folder cannot provide"
+    )
+    if settings.source.kind == "local":
+        if settings.engine.kind == "photoshop":
+            problems.append(f"engine.kind: {needs_dropbox}")
+        for profile in settings.profiles:
+            if profile.engine == "photoshop":
+                problems.append(f"profile.{profile.name}.engine: {needs_dropbox}")
 
 
 def load_settings(path: str | os.PathLike[str] | None) -> Settings:

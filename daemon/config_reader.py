@@ -111,6 +111,16 @@ def at_least_one(value: Any) -> str | None:
     return None if value >= 1 else f"must be at least 1, got {value!r}"
 
 
+def hex_color(value: Any) -> str | None:
+    text = str(value)
+    ok = (
+        len(text) == 7
+        and text.startswith("#")
+        and all(c in "0123456789abcdefABCDEF" for c in text[1:])
+    )
+    return None if ok else f"must be a colour like '#ffffff', got {value!r}"
+
+
 def http_url(value: Any) -> str | None:
     ok = value.startswith(("https://", "http://")) and "?" not in value and "@" not in value
     return None if ok else f"must be an http(s) URL without credentials or query, got {value!r}"

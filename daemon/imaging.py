@@ -1,27 +1,28 @@
-"""Pure image helpers on Pillow and numpy: decode any input to 8-bit RGB(A), compose outputs.
+"""Pure image helpers on Pillow and numpy: decode any input to upright 8-bit sRGB RGB(A).
 
 No model here. `decode_image` turns hostile or odd inputs into `PermanentItemError` with a
-reason a person can read; `compose_output` turns an image and its alpha mask into the bytes
-the options ask for.
+reason a person can read. Outputs are composed from the cutout in `daemon.rendering`.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import zlib
+from functools import cache
 
 import numpy as np
-from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageCms, ImageOps, UnidentifiedImageError
 
 from daemon.errors import PermanentItemError
-from daemon.models import CutoutOptions, Mode, OutputFormat, Rgb
+
+log = logging.getLogger(__name__)
 
 # Alpha at or below this counts as transparent when trimming (a faint halo is not subject).
 TRIM_ALPHA_THRESHOLD = 8
-WEBP_QUALITY = 90
-# zlib level 6, Pillow's default and what `rembg` writes. On 1024 px cutouts of noisy photos
-# (bench/local_engine.py's inputs) it takes 68 ms for 195 KB; level 5 46 ms for +5 %, level 4
+# zlib level 6, Pillow's default and what `rembg` writes. On 1024 px cutouts of noisy shots
+# (bench/inputs.py's product shots) it takes 68 ms for 195 KB; level 5 46 ms for +5 %, level 4
 # 37 ms for +9 %, level 3 34 ms for +23 %. Encoding is ~12 % of the engine's CPU per image.
 PNG_COMPRESS_LEVEL = 6
 # WebP method 4 (libwebp's default) at quality 90: half the bytes of method 0 for twice its
@@ -31,12 +32,15 @@ WEBP_METHOD = 4
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 _HIGH_DEPTH_GREY = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBa", "RGBA"})
-_VISIBLE_LUT = [0] + [255] * 255
+# Modes LittleCMS converts from with the input's own profile (to RGB, or RGBA with alpha kept).
+_ICC_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
 _TRIM_LUT = [0 if v <= TRIM_ALPHA_THRESHOLD else 255 for v in range(256)]
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
-    """Decode `data` to an upright 8-bit image in mode RGB or RGBA (alpha kept if present).
+    """Decode `data` to an upright 8-bit sRGB image in mode RGB or RGBA (alpha kept if present).
+
+    EXIF orientation is applied first; an embedded ICC profile is then converted to sRGB.
 
     Raises `PermanentItemError` for empty, unknown, truncated or corrupt files, for
     decompression bombs, and for images with more than `max_pixels` pixels (checked from
@@ -48,7 +52,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         _check_pixels(image, max_pixels)
         image.load()  # decodes the first frame only: animations give their first frame
-        return to_8bit(ImageOps.exif_transpose(image))
+        return to_8bit(to_srgb(ImageOps.exif_transpose(image)))
     except UnidentifiedImageError:
         raise PermanentItemError(_unidentified(data)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -103,40 +107,6 @@ def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(np.rint(scaled), dtype=np.uint8)
 
 
-def compose_output(image: Image.Image, mask: Image.Image, options: CutoutOptions) -> bytes:
-    """Apply `mask` (mode L, same size) to `image` (RGB or RGBA) and encode as `options` say.
-
-    `mask` mode returns the alpha itself; `trim` crops to the visible subject; a
-    `background_color` flattens the cutout onto an opaque colour.
-    """
-    if mask.size != image.size:
-        raise ValueError(f"mask size {mask.size} differs from image size {image.size}")
-    alpha = combined_alpha(image, mask)
-    box = subject_box(alpha) if options.trim else None
-    result: Image.Image
-    if options.mode is Mode.MASK:
-        result = alpha
-    else:
-        result = _apply_alpha(image, alpha, options.background_color)
-    if box is not None:
-        result = result.crop(box)
-    return encode(result, options.output_format)
-
-
-def _apply_alpha(image: Image.Image, alpha: Image.Image, background: Rgb | None) -> Image.Image:
-    rgb = image.convert("RGB") if image.mode != "RGB" else image
-    if background is not None:
-        flat = Image.new("RGB", image.size, (background.red, background.green, background.blue))
-        flat.paste(rgb, mask=alpha)
-        return flat
-    # Fully transparent pixels get RGB 0: nothing visible changes, and PNG/zlib no longer
-    # has to store the old background's noise (2-3x faster to encode, half the bytes).
-    result = Image.new("RGBA", image.size, (0, 0, 0, 0))
-    result.paste(rgb, mask=alpha.point(_VISIBLE_LUT))
-    result.putalpha(alpha)
-    return result
-
-
 def combined_alpha(image: Image.Image, mask: Image.Image) -> Image.Image:
     """The model's mask, multiplied with the input's own alpha when it has one."""
     if image.mode == "RGBA":
@@ -149,11 +119,37 @@ def subject_box(alpha: Image.Image) -> tuple[int, int, int, int] | None:
     return alpha.point(_TRIM_LUT).getbbox()
 
 
-def encode(image: Image.Image, output_format: OutputFormat) -> bytes:
-    """Encode as PNG (zlib level 6) or WebP (quality 90, alpha kept)."""
-    buffer = io.BytesIO()
-    if output_format is OutputFormat.WEBP:
-        image.save(buffer, "WEBP", quality=WEBP_QUALITY, method=WEBP_METHOD)
-    else:
-        image.save(buffer, "PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
+@cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def to_srgb(image: Image.Image) -> Image.Image:
+    """Convert an image with an embedded ICC profile (Display P3, Adobe RGB, a CMYK press
+    profile, ...) to sRGB, relative colorimetric; re-tagging would shift every colour. An
+    sRGB profile, no profile or one LittleCMS cannot read leaves the pixels as they are."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in _ICC_MODES:
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = str(source.profile.profile_description or "")
+        if "srgb" in description.lower():
+            return image
+        converted = ImageCms.profileToProfile(
+            image,
+            source,
+            _srgb(),
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+            outputMode=_ICC_MODES[image.mode],
+        )
+    except (OSError, ImageCms.PyCMSError) as exc:
+        log.warning(
+            "unusable ICC profile, colours taken as sRGB: %s",
+            exc,
+            extra={"event": "image.icc_unusable"},
+        )
+        return image
+    assert converted is not None
+    converted.info.pop("icc_profile", None)
+    return converted

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class ItemStatus(StrEnum):
@@ -86,10 +90,25 @@ class Mode(StrEnum):
 class OutputFormat(StrEnum):
     PNG = "png"
     WEBP = "webp"
+    JPEG = "jpeg"
 
     @property
     def media_type(self) -> str:
         return f"image/{self.value}"
+
+    @property
+    def extension(self) -> str:
+        """The output file's extension: `png`, `webp`, `jpg`."""
+        return "jpg" if self is OutputFormat.JPEG else self.value
+
+    @property
+    def has_alpha(self) -> bool:
+        return self is not OutputFormat.JPEG
+
+
+class Align(StrEnum):
+    CENTER = "center"
+    BOTTOM = "bottom"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +131,106 @@ class Rgb:
 
 @dataclass(frozen=True, slots=True)
 class CutoutOptions:
+    """The `[engine]` output keys of configurations older than profiles."""
+
     mode: Mode = Mode.CUTOUT
     output_format: OutputFormat = OutputFormat.PNG
     trim: bool = False
     background_color: Rgb | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Padding:
+    """Space around the trimmed subject: `amount` pixels, or per cent of the box's longer side."""
+
+    amount: float
+    percent: bool = False
+
+    def pixels(self, longer_side: int) -> int:
+        return round(longer_side * self.amount / 100) if self.percent else round(self.amount)
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}%" if self.percent else f"{self.amount:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """One `[[profile.output]]`: what to make from an input's cutout, and where it goes.
+
+    `canvas` (width, height) and `aspect` (width, height) both crop to the subject first, as
+    `trim` does; `fill` and `align` place the subject on the canvas or aspect frame.
+    """
+
+    format: OutputFormat = OutputFormat.PNG
+    quality: int = 90
+    background_color: Rgb | None = None
+    mode: Mode = Mode.CUTOUT
+    trim: bool = False
+    padding: Padding | None = None
+    canvas: tuple[int, int] | None = None
+    fill: float = 0.85
+    align: Align = Align.CENTER
+    aspect: tuple[int, int] | None = None
+    max_side: int | None = None
+    folder: str = ""
+
+    @classmethod
+    def from_options(cls, options: CutoutOptions) -> OutputSpec:
+        return cls(
+            format=options.output_format,
+            background_color=options.background_color,
+            mode=options.mode,
+            trim=options.trim,
+        )
+
+    @property
+    def crops(self) -> bool:
+        """True when the output is cut to the subject's box before anything else."""
+        return self.trim or self.canvas is not None or self.aspect is not None
+
+    def fingerprint(self) -> str:
+        """A stable text of every key that changes the bytes (not `folder`): two outputs
+        with equal fingerprints of equal inputs are equal files (dedupe reuses them)."""
+        parts = [
+            f"{name}={getattr(self, name)}"
+            for name in self.__dataclass_fields__
+            if name != "folder"
+        ]
+        return ";".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A recipe chosen by where the input is: the first profile whose `match` globs match
+    the input's path relative to input/ wins; `engine` None means `[engine] kind`."""
+
+    name: str
+    match: tuple[str, ...]
+    outputs: tuple[OutputSpec, ...]
+    engine: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cutout:
+    """What an engine returns: the upright sRGB input (`image`, RGB or RGBA) and the
+    subject's alpha (`alpha`, mode L, same size), which already includes the input's own
+    transparency. Every output is rendered from this one cutout."""
+
+    image: Image.Image
+    alpha: Image.Image
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedCutout:
+    """A cutout still encoded (a remote engine's PNG with alpha), decoded only when the
+    outputs are rendered, so that jobs waiting in flight hold bytes, not pixels. `source`
+    names it in errors ("Adobe job ...")."""
+
+    data: bytes
+    source: str
+
+
+EngineResult = Cutout | EncodedCutout
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +277,7 @@ class SubmittedJob:
 
 @dataclass(slots=True)
 class EngineJob:
-    """What an engine gets for one cutout. Callables keep storage out of the engine.
+    """What an engine gets for one input. Callables keep storage out of the engine.
 
     `read_bytes()` returns the input's content; `temporary_link()` a fresh URL to it
     (remote engines only); `record_submission()` persists a remote job before polling;
@@ -170,7 +285,6 @@ class EngineJob:
     """
 
     item: Item
-    options: CutoutOptions
     read_bytes: Callable[[], bytes]
     temporary_link: Callable[[], str]
     record_submission: Callable[[SubmittedJob], None]
@@ -179,6 +293,12 @@ class EngineJob:
 
 
 @dataclass(frozen=True, slots=True)
-class CutoutResult:
-    data: bytes
-    output_format: OutputFormat
+class OutputRecord:
+    """One output of one revision as the ledger has it: `path` relative to output/,
+    `spec` the fingerprint of the OutputSpec it was rendered from (None before profiles)."""
+
+    slot: int
+    path: str
+    spec: str | None
+    bytes: int | None
+    written_at: datetime | None

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO
 
-from daemon.models import Item, ItemStatus
+from daemon.models import Item, ItemStatus, OutputRecord
 
 if TYPE_CHECKING:
     from daemon.ledger.audit import Event, History, Percentiles, Stats, Step
@@ -146,6 +146,15 @@ def event_record(event: Event) -> dict[str, Any]:
     }
 
 
+def output_record(output: OutputRecord) -> dict[str, Any]:
+    return {
+        "slot": output.slot,
+        "path": f"output/{output.path}",
+        "bytes": output.bytes,
+        "written_at": _cell(output.written_at) or None,
+    }
+
+
 def step_record(step: Step) -> dict[str, Any]:
     return {
         **event_record(step.event),
@@ -171,10 +180,13 @@ def write_history(history: History, out: TextIO) -> None:
         f"#{item.id}  {item.path}  rev {item.rev}  {item.status}"
         f"  (engine {item.engine or '-'}, attempts {item.attempts})\n"
     )
+    outputs = [f"output/{o.path}" for o in history.outputs if o.written_at is not None]
+    if not outputs and item.output_path:
+        outputs = [f"output/{item.output_path}"]
     where = [
         f"{k}: {v}"
         for k, v in (
-            ("output", item.output_path and f"output/{item.output_path}"),
+            ("outputs" if len(outputs) > 1 else "output", ", ".join(outputs)),
             ("input now in", item.archived_path),
             ("error", item.last_error),
         )

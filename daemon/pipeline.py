@@ -8,13 +8,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, timedelta
-from pathlib import PurePosixPath
 from typing import Protocol
 
 from daemon.config import Settings
+from daemon.delivery import OutputWriter
 from daemon.engines.base import Engine
 from daemon.errors import (
     AuthError,
@@ -28,7 +28,8 @@ from daemon.errors import (
 )
 from daemon.ledger import Ledger
 from daemon.logs import context
-from daemon.models import Area, EngineJob, Item, ItemStatus, SubmittedJob
+from daemon.models import EngineJob, Item, ItemStatus, Profile, SubmittedJob
+from daemon.profiles import choose_profile
 from daemon.relocation import RELOCATE_FOR_POLICY, Relocator
 from daemon.secrets import redact
 from daemon.storage.base import Storage
@@ -72,20 +73,6 @@ class NullObserver:
         pass
 
 
-def output_candidates(input_path: str, extension: str) -> list[str]:
-    """Output names for an input, in order of preference.
-
-    `photos/a.jpg` -> `photos/a.png`. When another input in the same folder already owns
-    that name (`photos/a.png` and `photos/a.jpg` both exist), the later one keeps its
-    original extension in the name: `photos/a.jpg.png`. Nothing is overwritten silently.
-    """
-    path = PurePosixPath(input_path)
-    return [
-        path.with_suffix(f".{extension}").as_posix(),
-        path.with_name(f"{path.name}.{extension}").as_posix(),
-    ]
-
-
 class Pipeline:
     def __init__(
         self,
@@ -95,9 +82,13 @@ class Pipeline:
         settings: Settings,
         stop: threading.Event,
         observer: PipelineObserver | None = None,
+        engines: Mapping[str, Engine] | None = None,
     ) -> None:
+        """`engine` is `[engine] kind`'s; `engines` holds the others that profiles choose."""
         self.storage = storage
         self.engine = engine
+        self.engines = {engine.name: engine, **(engines or {})}
+        self.writer = OutputWriter(storage, ledger, fold_case=settings.source.kind == "dropbox")
         self.ledger = ledger
         self.settings = settings
         self.stop = stop
@@ -184,8 +175,57 @@ class Pipeline:
             self._retry(item, TransientError(f"unexpected {type(exc).__name__}: {exc}"))
 
     def _process(self, item: Item) -> None:
-        if self.settings.source.dedupe == "content" and self._skip_duplicate(item):
+        profile = choose_profile(self.settings, item.path)
+        if self.settings.source.dedupe == "content" and self._skip_duplicate(item, profile):
             return
+        engine = self.engine_for(profile)
+        started = time.monotonic()
+        try:
+            cutout = engine.cut_out(self._engine_job(item, engine.name))
+        finally:
+            self.observer.engine_finished(engine.name, time.monotonic() - started)
+        self.ledger.record_event(
+            item.id,
+            "result_received",
+            engine=engine.name,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        self._require_current(item)
+        outputs = self.writer.write_all(item, profile, cutout)
+        self._succeed(item, outputs, engine.name, profile.name)
+
+    def _succeed(self, item: Item, outputs: list[str], engine: str, profile: str) -> None:
+        """Every output is written and recorded: the revision succeeds, then its input moves."""
+        relocate = RELOCATE_FOR_POLICY[self.settings.archive.policy]
+        self.ledger.transition(
+            item.id,
+            PROCESSING,
+            ItemStatus.SUCCEEDED,
+            "succeeded",
+            {
+                "output_path": outputs[0],
+                "engine": engine,
+                "finished_at": self.ledger.clock(),
+                "last_error": None,
+                "relocate_to": relocate,
+                "claimed_by": None,
+                "lease_expires_at": None,
+            },
+            output=outputs[0] if len(outputs) == 1 else outputs,
+            profile=profile,
+        )
+        log.info(
+            "wrote output/%s",
+            ", output/".join(outputs),
+            extra=context("cutout.succeeded", path=item.path, rev=item.rev, output=outputs[0]),
+        )
+        self._observe_finished(item, "succeeded")
+        self.relocate(item, relocate)
+
+    def engine_for(self, profile: Profile) -> Engine:
+        return self.engines[profile.engine or self.settings.engine.kind]
+
+    def _engine_job(self, item: Item, engine: str) -> EngineJob:
         file = item.as_file()
         submitted = (
             SubmittedJob(item.job_id, item.status_url) if item.job_id and item.status_url else None
@@ -195,7 +235,7 @@ class Pipeline:
         def record_submission(job: SubmittedJob) -> None:
             self.ledger.record_submission(item.id, job, resubmitted=resubmitting[0])
             resubmitting[0] = True
-            self.observer.job_submitted(self.engine.name)
+            self.observer.job_submitted(engine)
             log.info(
                 "submitted %s as job %s",
                 item.path,
@@ -203,54 +243,13 @@ class Pipeline:
                 extra=context("cutout.submitted", path=item.path, rev=item.rev, job_id=job.job_id),
             )
 
-        job = EngineJob(
+        return EngineJob(
             item=item,
-            options=self.settings.engine.options,
             read_bytes=lambda: self.storage.read(file),
             temporary_link=lambda: self.storage.temporary_link(file),
             record_submission=record_submission,
             submitted=submitted,
         )
-        started = time.monotonic()
-        try:
-            result = self.engine.cut_out(job)
-        finally:
-            self.observer.engine_finished(self.engine.name, time.monotonic() - started)
-        self.ledger.record_event(
-            item.id,
-            "result_received",
-            engine=self.engine.name,
-            seconds=round(time.monotonic() - started, 3),
-            bytes=len(result.data),
-        )
-        self._require_current(item)
-        candidates = output_candidates(item.path, result.output_format.value)
-        output = self.ledger.reserve_output(item.id, item.path_lower, candidates)
-        self.storage.write(Area.OUTPUT, output, result.data)
-        relocate = RELOCATE_FOR_POLICY[self.settings.archive.policy]
-        self.ledger.transition(
-            item.id,
-            PROCESSING,
-            ItemStatus.SUCCEEDED,
-            "succeeded",
-            {
-                "output_path": output,
-                "finished_at": self.ledger.clock(),
-                "last_error": None,
-                "relocate_to": relocate,
-                "claimed_by": None,
-                "lease_expires_at": None,
-            },
-            output=output,
-            bytes=len(result.data),
-        )
-        log.info(
-            "wrote output/%s",
-            output,
-            extra=context("cutout.succeeded", path=item.path, rev=item.rev, output=output),
-        )
-        self._observe_finished(item, "succeeded")
-        self.relocate(item, relocate)
 
     def _require_current(self, item: Item) -> None:
         """Write an output only while the input is still this revision: a result for a
@@ -268,24 +267,22 @@ class Pipeline:
                 "the new revision is processed on its own"
             )
 
-    def _skip_duplicate(self, item: Item) -> bool:
-        """Same bytes as a revision that already succeeded: reuse its output, no engine call."""
+    def _skip_duplicate(self, item: Item, profile: Profile) -> bool:
+        """Same bytes as a revision that already succeeded: reuse its outputs, no engine call."""
         original = self.ledger.find_succeeded_duplicate(item.content_hash, item.id)
         if original is None or original.output_path is None:
             return False
-        if not self.storage.exists(Area.OUTPUT, original.output_path):
-            return False  # the earlier output is gone: make a fresh one
         if self.storage.current_rev(item.path) != item.rev:
             raise ItemGoneError("deleted or replaced before processing")
-        extension = PurePosixPath(original.output_path).suffix.lstrip(".")
-        output = self.ledger.reserve_output(
-            item.id, item.path_lower, output_candidates(item.path, extension)
-        )
-        if output != original.output_path:
-            self.storage.copy(Area.OUTPUT, original.output_path, output)
+        outputs = self.writer.reuse(item, profile, original)
+        if outputs is None:
+            return False
         reason = f"duplicate of {original.path} (rev {original.rev}); output reused"
         self._finish_skipped(
-            item, reason, relocate=RELOCATE_FOR_POLICY[self.settings.archive.policy], output=output
+            item,
+            reason,
+            relocate=RELOCATE_FOR_POLICY[self.settings.archive.policy],
+            output=outputs[0],
         )
         return True
 

@@ -19,6 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from daemon.compose import (
     build_engine,
     build_metrics,
+    build_other_engines,
     build_storage,
     discovery_interval,
     ledger_url,
@@ -67,6 +68,7 @@ class Service:
         *,
         storage: Storage | None = None,
         engine: Engine | None = None,
+        other_engines: dict[str, Engine] | None = None,
         ledger: Ledger | None = None,
         notifier: Notifier | None = None,
         monotonic: Callable[[], float] = time.monotonic,
@@ -81,9 +83,18 @@ class Service:
         )
         self.storage = storage or build_storage(settings)
         self.engine = engine or build_engine(settings, self.stop)
+        if other_engines is None:
+            other_engines = build_other_engines(settings, self.stop)
+        self.engines = [self.engine, *other_engines.values()]
         self.metrics = build_metrics(settings, self.engine)
         self.pipeline = Pipeline(
-            self.storage, self.engine, self.ledger, settings, self.stop, self.metrics
+            self.storage,
+            self.engine,
+            self.ledger,
+            settings,
+            self.stop,
+            self.metrics,
+            engines=other_engines,
         )
         self.in_flight: dict[int, Item] = {}
         self._lock = threading.Lock()
@@ -130,7 +141,8 @@ class Service:
 
     def _start_engine(self) -> None:
         try:
-            self.engine.start()
+            for engine in self.engines:
+                engine.start()
         except BaseException as exc:  # re-raised in the caller's thread by engine_started()
             self._engine_error = exc
 
@@ -144,7 +156,8 @@ class Service:
     def close(self) -> None:
         if self._engine_start is not None:
             self._engine_start.join()
-        self.engine.close()
+        for engine in self.engines:
+            engine.close()
         self.storage.close()
         self.ledger.close()
         self.notifier.close()

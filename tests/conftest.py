@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,15 +20,18 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_settings(root: Path, tmp_path: Path) -> Callable[..., Settings]:
-    def make(**sections: dict[str, object]) -> Settings:
-        data: dict[str, dict[str, object]] = {
+    def make(**sections: Any) -> Settings:
+        data: dict[str, Any] = {
             "source": {"root": str(root), "settle_seconds": 0, "poll_interval": 0.2},
             "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
             "retry": {"backoff_initial": 0.05, "backoff_multiplier": 1, "max_attempts": 3},
             "log": {"format": "text", "level": "DEBUG"},
         }
         for name, values in sections.items():
-            data.setdefault(name, {}).update(values)
+            if isinstance(values, list):  # arrays of tables: [[profile]]
+                data[name] = values
+            else:
+                data.setdefault(name, {}).update(values)
         return parse_settings(data)
 
     return make
@@ -38,7 +42,7 @@ def make_service(make_settings: Callable[..., Settings]) -> Iterator[Callable[..
     """A Service on a real folder and a real SQLite file, with the fast chroma-key engine."""
     made: list[Service] = []
 
-    def make(fake: ChromaKeyEngine | None = None, **sections: dict[str, object]) -> Service:
+    def make(fake: ChromaKeyEngine | None = None, **sections: Any) -> Service:
         settings = make_settings(**sections)
         storage = LocalStorage(
             settings.source.root,

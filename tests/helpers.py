@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from daemon.errors import PermanentItemError
-from daemon.models import CutoutResult, EngineJob
+from daemon.models import Cutout, EngineJob, EngineResult
+from daemon.rendering import decoded
 
 
 def shape_image(
@@ -50,6 +51,13 @@ def alpha_iou(png: bytes, mask: np.ndarray) -> float:
     return float(np.logical_and(alpha, mask).sum() / union) if union else 1.0
 
 
+def cutout_iou(result: EngineResult, mask: np.ndarray) -> float:
+    """Intersection over union of an engine's cutout alpha and a known mask."""
+    alpha = np.asarray(decoded(result).alpha) > 127
+    union = np.logical_or(alpha, mask).sum()
+    return float(np.logical_and(alpha, mask).sum() / union) if union else 1.0
+
+
 class ChromaKeyEngine:
     """A fast engine for pipeline tests: keys out the colour of the top-left pixel.
 
@@ -69,7 +77,7 @@ class ChromaKeyEngine:
     def close(self) -> None:
         pass
 
-    def cut_out(self, job: EngineJob) -> CutoutResult:
+    def cut_out(self, job: EngineJob) -> Cutout:
         self.calls += 1
         data = job.read_bytes()
         if self.fail_with:
@@ -79,15 +87,11 @@ class ChromaKeyEngine:
             image.load()
         except (OSError, SyntaxError) as exc:
             raise PermanentItemError(f"not an image: {exc}") from exc
-        image = image.convert("RGBA")
+        image = image.convert("RGB")
         pixels = np.asarray(image).astype(int)
-        distance = np.abs(pixels[:, :, :3] - pixels[0, 0, :3]).sum(axis=2)
-        pixels[:, :, 3] = np.where(distance > 60, 255, 0)
-        out = io.BytesIO()
-        Image.fromarray(pixels.astype(np.uint8), "RGBA").save(
-            out, job.options.output_format.value.upper()
-        )
-        return CutoutResult(out.getvalue(), job.options.output_format)
+        distance = np.abs(pixels - pixels[0, 0]).sum(axis=2)
+        alpha = np.where(distance > 60, 255, 0).astype(np.uint8)
+        return Cutout(image, Image.fromarray(alpha, "L"))
 
 
 REMBG_MEAN, REMBG_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

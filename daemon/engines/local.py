@@ -42,7 +42,7 @@ from daemon.engines import onnx_session
 from daemon.engines.onnx_session import Hardware, arena_lock, register_process_arena, run_model
 from daemon.engines.u2net_io import MODEL_SIDE, mask_image, model_input
 from daemon.errors import EngineUnavailableError
-from daemon.models import CutoutResult, EngineJob
+from daemon.models import Cutout, EngineJob
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -255,7 +255,9 @@ class LocalEngine:
         """What runs the model, once started: runtime, provider (device), precision, threads."""
         return self.hardware.line() if self.hardware else "not started"
 
-    def cut_out(self, job: EngineJob) -> CutoutResult:
+    def cut_out(self, job: EngineJob) -> Cutout:
+        """The input, decoded upright in sRGB, and the model's mask times its own alpha;
+        the outputs are rendered from them outside the engine's slots."""
         from daemon import imaging
 
         if self._session is None:
@@ -266,10 +268,9 @@ class LocalEngine:
             try:
                 image = imaging.decode_image(data, max_pixels=self.max_pixels)
                 mask = self._predict_mask(session, image)
-                output = imaging.compose_output(image, mask, job.options)
             finally:
                 self._leave()
-        return CutoutResult(output, job.options.output_format)
+        return Cutout(image, imaging.combined_alpha(image, mask))
 
     def close(self) -> None:
         with self._releasing, self._lock:  # waits for an idle release in progress

@@ -23,7 +23,7 @@ from daemon.engines.photoshop_wire import (
     Reply,
     ResubmitNeededError,
     StaleJobError,
-    check_format,
+    check_png,
     describe_exception,
     failed_job_error,
     json_object,
@@ -42,7 +42,7 @@ from daemon.errors import (
     RateLimitedError,
     TransientError,
 )
-from daemon.models import CutoutResult, EngineJob, SubmittedJob
+from daemon.models import EncodedCutout, EngineJob, SubmittedJob
 from daemon.secrets import read_secret, redact_url, register_secret
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class PhotoshopEngine:
         with self._counts_lock:
             return PhotoshopStats(**self._counts)
 
-    def cut_out(self, job: EngineJob) -> CutoutResult:
+    def cut_out(self, job: EngineJob) -> EncodedCutout:
         with self._in_flight_slot():
             submitted, resumed = job.submitted, job.submitted is not None
             if submitted is None:
@@ -164,14 +164,14 @@ class PhotoshopEngine:
 
     # -- one job ---------------------------------------------------------------------------
 
-    def _finish(self, job: EngineJob, submitted: SubmittedJob, *, resumed: bool) -> CutoutResult:
+    def _finish(self, job: EngineJob, submitted: SubmittedJob, *, resumed: bool) -> EncodedCutout:
         try:
             url = self._wait_for_result(submitted, resumed=resumed)
         except CutoutdError:
             self._count("failed")
             raise
         data = self._fetch_result(submitted.job_id, url)
-        check_format(submitted.job_id, data, job.options.output_format)
+        check_png(submitted.job_id, data)
         self._count("succeeded")
         log.debug(
             "Adobe job %s succeeded (%d bytes)",
@@ -179,9 +179,9 @@ class PhotoshopEngine:
             len(data),
             extra=_context(job, "photoshop.downloaded", submitted.job_id),
         )
-        return CutoutResult(data, job.options.output_format)
+        return EncodedCutout(data, f"Adobe job {submitted.job_id}")
 
-    def _resubmit(self, job: EngineJob, old: SubmittedJob, reason: str) -> CutoutResult:
+    def _resubmit(self, job: EngineJob, old: SubmittedJob, reason: str) -> EncodedCutout:
         job.extra["resubmitted"] = reason
         self._count("resubmissions")
         submitted = self._submit(job)
@@ -219,7 +219,7 @@ class PhotoshopEngine:
         for _ in range(MAX_RATE_LIMITED_RETRIES + 1):
             with self._limiter.slot(self._stop):
                 link = job.temporary_link()
-                body = request_body(link, job.options, self._settings.color_decontamination)
+                body = request_body(link, self._settings.color_decontamination)
                 reply = self._call("POST", url, json_body=body)
             if reply.status != 429:
                 return reply

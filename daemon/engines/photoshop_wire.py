@@ -14,11 +14,10 @@ from requests.adapters import HTTPAdapter
 
 from daemon.config import PhotoshopSettings
 from daemon.errors import CutoutdError, PermanentItemError, TransientError
-from daemon.models import CutoutOptions, Mode, OutputFormat
 from daemon.secrets import redact
 
 _SERVER_SIDE_WORDS = ("runtime", "internal", "timeout", "timed_out", "unavailable", "server")
-_SIGNATURES = {OutputFormat.PNG: b"\x89PNG\r\n\x1a\n", OutputFormat.WEBP: b"WEBP"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class StaleJobError(TransientError):
@@ -52,27 +51,18 @@ class Reply:
         return f"HTTP {self.status} {self.error_code or '-'}: {message}".rstrip(": ")
 
 
-def request_body(
-    source_url: str, options: CutoutOptions, color_decontamination: float
-) -> dict[str, Any]:
-    """The JSON body of a Remove Background V2 submission. `output.mediaType` is always set:
-    left out, Adobe answers in the input's format (a JPEG, without alpha)."""
-    body: dict[str, Any] = {
+def request_body(source_url: str, color_decontamination: float) -> dict[str, Any]:
+    """The JSON body of a Remove Background V2 submission: always the full-resolution
+    cutout as PNG (alpha kept, no trim, no background), from which every output is
+    composed locally. `output.mediaType` is always set: left out, Adobe answers in the
+    input's format (a JPEG, without alpha)."""
+    return {
         "image": {"source": {"url": source_url}},
-        "mode": options.mode.value,
-        "output": {"mediaType": options.output_format.media_type},
-        "trim": options.trim,
+        "mode": "cutout",
+        "output": {"mediaType": "image/png"},
+        "trim": False,
         "colorDecontamination": color_decontamination,
     }
-    color = options.background_color
-    if color is not None and options.mode is Mode.CUTOUT:
-        body["backgroundColor"] = {
-            "red": color.red,
-            "green": color.green,
-            "blue": color.blue,
-            "alpha": 1,
-        }
-    return body
 
 
 def poll_delays(settings: PhotoshopSettings) -> Iterator[float]:
@@ -176,10 +166,6 @@ def result_url(job_id: str, body: dict[str, Any]) -> str:
     raise StaleJobError(f"Adobe job {job_id} succeeded without a result URL")
 
 
-def check_format(job_id: str, data: bytes, output_format: OutputFormat) -> None:
-    signature = _SIGNATURES[output_format]
-    found = data[:8] == signature if output_format is OutputFormat.PNG else data[8:12] == signature
-    if not found:
-        raise PermanentItemError(
-            f"Adobe job {job_id} returned something other than {output_format.media_type}"
-        )
+def check_png(job_id: str, data: bytes) -> None:
+    if data[:8] != PNG_SIGNATURE:
+        raise PermanentItemError(f"Adobe job {job_id} returned something other than image/png")

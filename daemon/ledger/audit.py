@@ -60,8 +60,9 @@ from daemon.ledger.audit_values import Percentiles as Percentiles
 from daemon.ledger.audit_values import Sort as Sort
 from daemon.ledger.audit_values import Stats as Stats
 from daemon.ledger.audit_values import Step as Step
+from daemon.ledger.outputs import outputs_of
 from daemon.ledger.queries import LedgerReader, to_item
-from daemon.ledger.schema import EventRow, ItemRow, UtcDateTime
+from daemon.ledger.schema import EventRow, ItemRow, OutputRow, UtcDateTime
 from daemon.models import Area, Item, ItemStatus
 
 LATENCY_SAMPLE = 10_000
@@ -160,7 +161,9 @@ class LedgerAudit:
         elif area in (Area.ARCHIVE, Area.FAILED):
             conditions.append(ItemRow.archived_path == text)
         elif area == Area.OUTPUT:
-            conditions.append(ItemRow.output_path == rest)
+            named = OutputRow.path_lower.in_({rest, rest.lower()})
+            written = select(OutputRow.item_id).where(named)
+            conditions += [ItemRow.output_path == rest, ItemRow.id.in_(written)]
         for condition in conditions:
             keys = connection.scalars(select(ItemRow.path_lower).where(condition).distinct()).all()
             if keys:
@@ -175,10 +178,11 @@ class LedgerAudit:
                 .where(EventRow.item_id.in_([i.id for i in items]))
                 .order_by(EventRow.item_id, EventRow.id)
             ).all()
+            outputs = {item.id: tuple(outputs_of(connection, item.id)) for item in items}
         events: dict[int, list[Event]] = {item.id: [] for item in items}
         for row in rows:
             events[row.item_id].append(to_event(row))
-        return [History(item, tuple(events[item.id])) for item in items]
+        return [History(item, tuple(events[item.id]), outputs[item.id]) for item in items]
 
     # -- statistics -----------------------------------------------------------------------
 

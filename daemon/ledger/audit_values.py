@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from daemon.models import Item, ItemStatus
+from daemon.models import Item, ItemStatus, OutputRecord
 
 OUTCOMES = (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.SKIPPED)
 
@@ -62,6 +62,7 @@ class Step:
 class History:
     item: Item
     events: tuple[Event, ...]
+    outputs: tuple[OutputRecord, ...] = ()
 
     def steps(self) -> list[Step]:
         if not self.events:

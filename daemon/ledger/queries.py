@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import OperationalError
 
-from daemon.errors import PermanentItemError, TransientError
+from daemon.errors import TransientError
 from daemon.ledger.database import create_database_engine
 from daemon.ledger.schema import EventRow, ItemRow
 from daemon.models import Item, ItemStatus
@@ -153,27 +153,6 @@ class LedgerReader:
         with self.transaction() as connection:
             return [to_item(row) for row in connection.execute(query)]
 
-    def reserve_output(self, item_id: int, path_lower: str, candidates: Sequence[str]) -> str:
-        """Give this revision the first output name no other input owns, atomically.
-
-        A re-run of the same input keeps its name (and overwrites its own output). A name
-        that differs from another input's output in case only counts as taken: Dropbox
-        ignores case, so `Shoe.png` would overwrite `shoe.png`.
-        """
-        with self.transaction() as connection:
-            for candidate in candidates:
-                owner = connection.scalar(
-                    select(ItemRow.path_lower)
-                    .where(ItemRow.output_path == candidate, ItemRow.path_lower != path_lower)
-                    .limit(1)
-                ) or _case_variant_owner(connection, candidate, path_lower)
-                if owner is None:
-                    connection.execute(
-                        update(ItemRow).where(ItemRow.id == item_id).values(output_path=candidate)
-                    )
-                    return candidate
-        raise PermanentItemError(f"every output name is taken: {', '.join(candidates)}")
-
     def finished_since(self, since: datetime) -> dict[ItemStatus, int]:
         """Terminal outcomes recorded since `since` (for a run's summary line)."""
         with self.transaction() as connection:
@@ -201,24 +180,3 @@ class LedgerReader:
             }
             for r in rows
         ]
-
-
-def _case_variant_owner(connection: Connection, candidate: str, path_lower: str) -> str | None:
-    """The input (other than `path_lower`) whose output is `candidate` in another case.
-    Outputs derive from input names, so such an input's path_lower starts with the
-    candidate's lower-case stem: a prefix search, on SQLite a range of the unique index."""
-    wanted = candidate.lower()
-    prefix = wanted.rsplit(".", 1)[0]
-    scope = ItemRow.path_lower.startswith(prefix, autoescape=True)
-    if connection.dialect.name == "sqlite" and prefix and prefix[-1] != "\U0010ffff":
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # binary order: [prefix, upper)
-        scope = scope & (ItemRow.path_lower >= prefix) & (ItemRow.path_lower < upper)
-    rows = connection.execute(
-        select(ItemRow.path_lower, ItemRow.output_path).where(
-            scope, ItemRow.path_lower != path_lower, ItemRow.output_path.is_not(None)
-        )
-    )
-    for owner, output in rows:
-        if str(output).lower() == wanted:
-            return str(owner)
-    return None

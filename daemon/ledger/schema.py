@@ -107,3 +107,25 @@ class CursorRow(Base):
     storage_key: Mapped[str] = mapped_column(String(512), primary_key=True)
     cursor: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class OutputRow(Base):
+    """One output file of one input revision (a profile may make several): written, and
+    recorded here, before the input is archived. `path` is relative to output/; `path_lower`
+    is its name key (lower case on Dropbox, exact on a case-sensitive local folder); the
+    owner of a name is the input (items.path_lower) of the revisions that wrote it."""
+
+    __tablename__ = "outputs"
+    __table_args__ = (
+        Index("uq_outputs_item_slot", "item_id", "slot", unique=True),
+        Index("ix_outputs_path_lower", "path_lower"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
+    slot: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    path_lower: Mapped[str] = mapped_column(Text)
+    spec: Mapped[str | None] = mapped_column(Text)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    written_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -20,7 +20,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from daemon.errors import LostClaimError
 from daemon.ledger.database import migrate
-from daemon.ledger.queries import Clock, LedgerReader, to_item, utcnow
+from daemon.ledger.outputs import OutputLedger
+from daemon.ledger.queries import Clock, to_item, utcnow
 from daemon.ledger.schema import CursorRow, EventRow, ItemRow
 from daemon.models import ChangeBatch, DeletedEntry, Item, ItemStatus, RemoteFile, SubmittedJob
 
@@ -49,7 +50,7 @@ def default_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Ledger(LedgerReader):
+class Ledger(OutputLedger):
     """Durable state of every input revision. Safe to share between threads."""
 
     def __init__(

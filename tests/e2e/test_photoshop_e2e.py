@@ -9,6 +9,7 @@ job latency 0.05-0.3 s instead of seconds, and status polls start at 0.1 s.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.e2e.conftest import CUTOUTD, run_cutoutd
 from tests.fakes.dropbox_server import FakeDropbox
@@ -189,3 +191,84 @@ def test_restart_resumes_in_flight_jobs_without_resubmitting(
     rows = ledger_rows(config)
     assert {row["status"] for row in rows} == {"succeeded"}
     assert sorted(row["job_id"] for row in rows) == sorted(job_ids)
+
+
+PROFILE = """
+[[profile]]
+name = "amazon"
+match = ["*.jpg"]
+[[profile.output]]
+format = "jpeg"
+canvas = "1000x1000"
+fill = 0.85
+[[profile.output]]
+format = "webp"
+trim = true
+padding = "5%"
+folder = "web"
+[[profile.output]]
+mode = "mask"
+folder = "masks"
+"""
+
+
+def test_profile_outputs_come_from_one_adobe_submission_per_image(
+    dropbox: FakeDropbox, adobe: FakePhotoshop, config: Path
+) -> None:
+    config.write_text(config.read_text() + PROFILE)
+    masks = put_images(dropbox, 6)
+    result = run_cutoutd(
+        "--config", str(config), "run", "--once", env=environment(dropbox, adobe), timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("processed 6: 6 succeeded"), result.stdout
+    assert adobe.submissions_by_name() == Counter({name: 1 for name in masks})
+    outputs = dropbox.files_under(f"{ROOT}/output")
+    for name, mask in masks.items():
+        stem = name.rsplit(".", 1)[0]
+        jpeg = Image.open(io.BytesIO(outputs[f"{ROOT}/output/{stem}.jpg"]))
+        assert (jpeg.format, jpeg.size) == ("JPEG", (1000, 1000))
+        webp = outputs[f"{ROOT}/output/web/{stem}.webp"]
+        assert Image.open(io.BytesIO(webp)).format == "WEBP"
+        found = np.asarray(Image.open(io.BytesIO(outputs[f"{ROOT}/output/masks/{stem}.png"])))
+        truth = mask
+        assert (
+            np.logical_and(found > 127, truth).sum() / np.logical_or(found > 127, truth).sum()
+            >= 0.9
+        )
+    assert len(outputs) == 3 * len(masks)
+    with sqlite3.connect(ledger_file(config.parent)) as db:
+        written = db.execute("SELECT count(*) FROM outputs WHERE written_at IS NOT NULL").fetchone()
+    assert written == (3 * len(masks),)
+
+
+def test_a_premium_folder_goes_to_adobe_and_the_rest_to_the_local_model(
+    dropbox: FakeDropbox, adobe: FakePhotoshop, config: Path
+) -> None:
+    text = config.read_text().replace('kind = "photoshop"', 'kind = "local"\nworkers = 1')
+    text = text.replace("settle_seconds = 0\n", "settle_seconds = 0\nrecursive = true\n")
+    config.write_text(
+        text + '[[profile]]\nname = "premium"\nmatch = ["premium/**"]\nengine = "photoshop"\n'
+        '[[profile.output]]\nformat = "webp"\ntrim = true\n'
+    )
+    masks = put_images(dropbox, 4)
+    for name in list(masks)[:2]:
+        data = dropbox.files_under(f"{ROOT}/input")[f"{ROOT}/input/{name}"]
+        dropbox.delete(f"{ROOT}/input/{name}")
+        dropbox.put_file(f"{ROOT}/input/premium/{name}", data)
+    result = run_cutoutd(
+        "--config", str(config), "run", "--once", env=environment(dropbox, adobe), timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    premium, rest = list(masks)[:2], list(masks)[2:]
+    assert adobe.submissions_by_name() == Counter({name: 1 for name in premium})
+    outputs = dropbox.files_under(f"{ROOT}/output")
+    for name in premium:
+        assert f"{ROOT}/output/premium/{name.rsplit('.', 1)[0]}.webp" in outputs
+    for name in rest:
+        assert alpha_iou(outputs[output_of(name)], masks[name]) >= 0.9
+    engines = {row["path"]: row["engine"] for row in ledger_rows(config)}
+    assert engines == {
+        **{f"premium/{name}": "photoshop" for name in premium},
+        **{name: "local" for name in rest},
+    }

@@ -200,3 +200,35 @@ def test_a_current_schema_costs_one_query_and_no_alembic(tmp_path: Path) -> None
         for _ in range(2)
     ]
     assert [run.stdout.split() for run in runs] == [["True", "True"], ["False", "False"]]
+
+
+def test_migration_0003_copies_existing_outputs(ledger_url: str) -> None:
+    """A ledger from before profiles: each item's output_path becomes output slot 0, so
+    ownership of names and `ledger show output/...` keep working after the upgrade."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from daemon.ledger.database import _alembic_config
+
+    old = Ledger(ledger_url, node_id="host-a:1")
+    config = _alembic_config()
+    with old.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+        connection.execute(
+            text(
+                "INSERT INTO items (path, path_lower, rev, content_hash, size, status, attempts,"
+                " output_path, discovered_at, finished_at) VALUES ('A.jpg', 'a.jpg', 'r1', 'h',"
+                " 1, 'succeeded', 1, 'A.png', '2026-11-01 00:00:00', '2026-11-01 00:00:05')"
+            )
+        )
+    assert old.migrate() is True
+    (item,) = old.list_items()
+    (record,) = old.outputs_of(item.id)
+    assert (record.slot, record.path, record.spec) == (0, "A.png", None)
+    # the name stays A.jpg's: another input with that stem gets the fallback name
+    old.record_changes("s", ChangeBatch((file("a.png"),), "c1"), "local")
+    other = next(i for i in old.list_items() if i.path == "a.png")
+    taken = old.reserve_output(other.id, other.path_lower, 0, "spec", ["a.png", "a.png.png"])
+    assert taken == "a.png.png"
+    old.close()

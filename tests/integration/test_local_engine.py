@@ -29,9 +29,11 @@ from daemon.models import (
     ItemStatus,
     Mode,
     OutputFormat,
+    OutputSpec,
     Rgb,
     SubmittedJob,
 )
+from daemon.rendering import render
 from tests.helpers import PHOTOS, rembg_mask, rembg_normalize
 
 pytest.importorskip("onnxruntime", reason="the local engine needs the `local` extra")
@@ -68,7 +70,7 @@ def decoded(data: bytes) -> Image.Image:
         return image.copy()
 
 
-def job(data: bytes, options: CutoutOptions | None = None, name: str = "in.jpg") -> EngineJob:
+def job(data: bytes, name: str = "in.jpg") -> EngineJob:
     now = datetime.now(UTC)
     item = Item(
         1, name, name.lower(), "rev1", "hash", len(data), ItemStatus.PROCESSING, 0, None,
@@ -81,7 +83,7 @@ def job(data: bytes, options: CutoutOptions | None = None, name: str = "in.jpg")
     def no_submission(submitted: SubmittedJob) -> None:
         raise AssertionError("the local engine must not record a submission")
 
-    return EngineJob(item, options or CutoutOptions(), lambda: data, no_link, no_submission)
+    return EngineJob(item, lambda: data, no_link, no_submission)
 
 
 def iou(alpha: Image.Image, mask: Image.Image) -> float:
@@ -101,9 +103,10 @@ def engine() -> Iterator[LocalEngine]:
 @pytest.fixture(scope="module")
 def cut(engine: LocalEngine) -> Callable[..., Image.Image]:
     def run(data: bytes, options: CutoutOptions | None = None) -> Image.Image:
-        result = engine.cut_out(job(data, options))
-        assert result.output_format == (options or CutoutOptions()).output_format
-        return decoded(result.data)
+        """The engine's cutout, as the default profile of `[engine]` `options` renders it."""
+        result = engine.cut_out(job(data))
+        assert result.alpha.size == result.image.size
+        return decoded(render(result, OutputSpec.from_options(options or CutoutOptions())))
 
     return run
 
@@ -133,7 +136,7 @@ def rembg_fp32_mask(photo: Image.Image) -> np.ndarray:
 @pytest.mark.parametrize("photo", sorted(PHOTOS.glob("*.jpg")), ids=lambda path: path.stem)
 def test_masks_on_real_photos_agree_with_the_fp32_reference(engine: LocalEngine, photo) -> None:
     data = photo.read_bytes()
-    ours = np.asarray(decoded(engine.cut_out(job(data, CutoutOptions(mode=Mode.MASK))).data))
+    ours = np.asarray(engine.cut_out(job(data)).alpha)
     theirs = rembg_fp32_mask(decoded(data))
     union = ((ours >= 128) | (theirs >= 128)).sum()
     assert union > 0.01 * ours.size  # a real subject, not an empty mask
@@ -243,7 +246,7 @@ def test_concurrent_cutouts_are_each_correct(engine: LocalEngine) -> None:
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda s: engine.cut_out(job(encoded(s[0], "PNG"))), scenes))
     for result, (_, mask) in zip(results, scenes, strict=True):
-        assert iou(decoded(result.data).getchannel("A"), mask) >= 0.9
+        assert iou(result.alpha, mask) >= 0.9
 
 
 @pytest.mark.parametrize(
@@ -404,8 +407,7 @@ def test_idle_engine_hands_its_memory_back_and_still_works() -> None:
             time.sleep(0.02)
         assert engine.idle_releases == 1
         assert resident_mb() < busy - 100  # the activations (~250 MB) went back to the OS
-        out = decoded(engine.cut_out(job(encoded(image, "PNG"))).data)
-        assert iou(out.getchannel("A"), mask) >= 0.9
+        assert iou(engine.cut_out(job(encoded(image, "PNG"))).alpha, mask) >= 0.9
     finally:
         engine.close()
     with pytest.raises(EngineUnavailableError, match="before start"):

@@ -16,7 +16,7 @@ from daemon.config import Settings
 from daemon.errors import AuthError, RateLimitedError, TransientError
 from daemon.ledger import Ledger
 from daemon.metrics import MetricsServer
-from daemon.models import ChangeBatch, CutoutResult, EngineJob, ItemStatus, SubmittedJob
+from daemon.models import ChangeBatch, Cutout, EngineJob, ItemStatus, SubmittedJob
 from daemon.secrets import register_secret
 from daemon.service import Service
 from daemon.storage.local import LocalStorage
@@ -35,7 +35,7 @@ class SubmittingEngine(ChromaKeyEngine):
     """Like a remote engine: records a submission (job id) before the result arrives, and
     keeps its own count of 429 answers."""
 
-    def cut_out(self, job: EngineJob) -> CutoutResult:
+    def cut_out(self, job: EngineJob) -> Cutout:
         job.record_submission(SubmittedJob(f"job-{self.calls}", "http://127.0.0.1/status"))
         return super().cut_out(job)
 

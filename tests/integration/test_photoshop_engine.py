@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import threading
@@ -22,7 +21,6 @@ from daemon.engines.photoshop import (
     JobTimedOutError,
     PhotoshopEngine,
     StaleJobError,
-    request_body,
 )
 from daemon.errors import (
     AuthError,
@@ -31,18 +29,16 @@ from daemon.errors import (
     TransientError,
 )
 from daemon.models import (
-    CutoutOptions,
-    CutoutResult,
+    EncodedCutout,
     EngineJob,
+    EngineResult,
     Item,
     ItemStatus,
-    Mode,
-    OutputFormat,
-    Rgb,
     SubmittedJob,
 )
+from daemon.rendering import decoded
 from tests.fakes.photoshop_server import FakePhotoshop
-from tests.helpers import alpha_iou, encode, shape_image
+from tests.helpers import cutout_iou, encode, shape_image
 
 
 class FakeClock:
@@ -152,28 +148,18 @@ def make_engine(fake: FakePhotoshop) -> Iterator[MakeEngine]:
 def harness(
     fake: FakePhotoshop,
     data: bytes,
-    options: CutoutOptions | None = None,
     submitted: SubmittedJob | None = None,
     name: str = "photo.jpg",
 ) -> Harness:
     h = Harness(fake, fake.host_input(name, data, "image/jpeg"))
     h.job = EngineJob(
         item=make_item(name),
-        options=options or CutoutOptions(),
         read_bytes=lambda: data,
         temporary_link=h.temporary_link,
         record_submission=h.record_submission,
         submitted=submitted,
     )
     return h
-
-
-def decode(result: CutoutResult) -> Image.Image:
-    with Image.open(io.BytesIO(result.data)) as opened:
-        opened.load()
-        copy = opened.copy()
-        copy.format = opened.format
-        return copy
 
 
 def test_is_an_engine(make_engine: MakeEngine) -> None:
@@ -187,10 +173,11 @@ def test_cutout_comes_back_as_png_with_alpha(
     engine = make_engine()
     h = harness(fake, image[0])
     result = engine.cut_out(h.job)
-    assert result.output_format is OutputFormat.PNG
-    assert result.data.startswith(b"\x89PNG")
-    assert decode(result).mode == "RGBA"
-    assert alpha_iou(result.data, image[1]) >= 0.9
+    assert isinstance(result, EncodedCutout) and result.data.startswith(b"\x89PNG")
+    cutout = decoded(result)  # decoded when the outputs are rendered
+    assert cutout.image.mode == "RGBA"
+    assert cutout.image.size == cutout.alpha.size == image[1].shape[::-1]  # full resolution
+    assert cutout_iou(result, image[1]) >= 0.9
     (job,) = fake.jobs.values()
     assert job.body == {
         "image": {"source": {"url": h.url}},
@@ -205,61 +192,19 @@ def test_cutout_comes_back_as_png_with_alpha(
     assert engine.stats().submissions == 1
 
 
-def test_mask_mode(
+def test_colour_decontamination_is_passed_on(
     fake: FakePhotoshop, make_engine: MakeEngine, image: tuple[bytes, np.ndarray]
 ) -> None:
-    h = harness(fake, image[0], CutoutOptions(mode=Mode.MASK))
-    result = make_engine().cut_out(h.job)
-    mask = decode(result)
-    assert (mask.format, mask.mode) == ("PNG", "L")
-    truth = image[1]
-    found = np.asarray(mask) > 127
-    assert np.logical_and(found, truth).sum() / np.logical_or(found, truth).sum() >= 0.9
+    result = make_engine(color_decontamination=0.5).cut_out(harness(fake, image[0]).job)
+    assert cutout_iou(result, image[1]) >= 0.9
     (job,) = fake.jobs.values()
-    assert (job.body["mode"], job.body["output"]) == ("mask", {"mediaType": "image/png"})
-
-
-def test_webp(
-    fake: FakePhotoshop, make_engine: MakeEngine, image: tuple[bytes, np.ndarray]
-) -> None:
-    h = harness(fake, image[0], CutoutOptions(output_format=OutputFormat.WEBP))
-    result = make_engine().cut_out(h.job)
-    assert result.output_format is OutputFormat.WEBP
-    assert decode(result).format == "WEBP"
-    assert alpha_iou(result.data, image[1]) >= 0.9
-    (job,) = fake.jobs.values()
-    assert job.body["output"] == {"mediaType": "image/webp"}
-
-
-def test_trim(
-    fake: FakePhotoshop, make_engine: MakeEngine, image: tuple[bytes, np.ndarray]
-) -> None:
-    h = harness(fake, image[0], CutoutOptions(trim=True))
-    result = decode(make_engine().cut_out(h.job))
-    rows, columns = np.nonzero(image[1].any(axis=1))[0], np.nonzero(image[1].any(axis=0))[0]
-    expected = (columns[-1] - columns[0] + 1, rows[-1] - rows[0] + 1)
-    assert abs(result.size[0] - expected[0]) <= 3 and abs(result.size[1] - expected[1]) <= 3
-    assert fake.jobs[next(iter(fake.jobs))].body["trim"] is True
-
-
-def test_background_color(
-    fake: FakePhotoshop, make_engine: MakeEngine, image: tuple[bytes, np.ndarray]
-) -> None:
-    h = harness(fake, image[0], CutoutOptions(background_color=Rgb(0, 0, 255)))
-    pixels = np.asarray(decode(make_engine(color_decontamination=0.5).cut_out(h.job)))
-    assert pixels[..., 3].min() == 255
-    assert tuple(pixels[2, 2]) == (0, 0, 255, 255)
-    (job,) = fake.jobs.values()
-    assert job.body["backgroundColor"] == {"red": 0, "green": 0, "blue": 255, "alpha": 1}
     assert job.body["colorDecontamination"] == 0.5
-
-
-def test_request_body_always_sets_media_type() -> None:
-    mask = request_body(
-        "https://x/y", CutoutOptions(mode=Mode.MASK, background_color=Rgb(1, 2, 3)), 1
+    assert (job.body["mode"], job.body["output"], job.body["trim"]) == (
+        "cutout",
+        {"mediaType": "image/png"},
+        False,
     )
-    assert mask["output"] == {"mediaType": "image/png"}
-    assert "backgroundColor" not in mask  # a mask has no background to fill
+    assert "backgroundColor" not in job.body  # backgrounds are composed locally
 
 
 def test_outputs_url_variant(
@@ -267,7 +212,7 @@ def test_outputs_url_variant(
 ) -> None:
     fake.url_variant = "url"
     result = make_engine().cut_out(harness(fake, image[0]).job)
-    assert alpha_iou(result.data, image[1]) >= 0.9
+    assert cutout_iou(result, image[1]) >= 0.9
 
 
 def test_resume_polls_the_stored_job_without_resubmitting(
@@ -278,7 +223,7 @@ def test_resume_polls_the_stored_job_without_resubmitting(
     engine.cut_out(first.job)
     resumed = harness(fake, image[0], submitted=first.recorded[0])
     result = engine.cut_out(resumed.job)
-    assert alpha_iou(result.data, image[1]) >= 0.9
+    assert cutout_iou(result, image[1]) >= 0.9
     assert fake.submissions_for(first.url) == 1
     assert (resumed.links, resumed.recorded) == (0, [])
 
@@ -296,7 +241,7 @@ def test_expired_result_is_resubmitted_once(
     resumed = harness(fake, image[0], submitted=first.recorded[0])
     with caplog.at_level(logging.INFO, logger="daemon.engines.photoshop"):
         result = engine.cut_out(resumed.job)
-    assert alpha_iou(result.data, image[1]) >= 0.9
+    assert cutout_iou(result, image[1]) >= 0.9
     assert fake.submissions_for(first.url) == 2
     assert len(resumed.recorded) == 1 and resumed.recorded[0] != first.recorded[0]
     assert "expired" in resumed.job.extra["resubmitted"]
@@ -397,7 +342,7 @@ def test_429_honours_retry_after(
     fake.force_rate_limit(1, retry_after=0.3)
     started = time.monotonic()
     result = engine.cut_out(harness(fake, image[0]).job)
-    assert alpha_iou(result.data, image[1]) >= 0.9
+    assert cutout_iou(result, image[1]) >= 0.9
     assert fake.rate_limited == 1 and engine.stats().rate_limited == 1
     assert fake.submissions == 1
     assert fake.submit_times[-1] - started >= 0.3
@@ -409,7 +354,7 @@ def test_limiter_keeps_eight_threads_inside_the_window(
     with FakePhotoshop(submit_limit=2, submit_period=0.4, latency=0.02) as strict:
         engine = make_engine(server=strict, submit_limit=2, submit_period=0.4)
         jobs = [harness(strict, image[0], name=f"p{i}.jpg").job for i in range(8)]
-        results: list[CutoutResult] = []
+        results: list[EngineResult] = []
         errors: list[BaseException] = []
 
         def work(job: EngineJob) -> None:
@@ -460,7 +405,7 @@ def test_server_errors_are_transient(
     with pytest.raises(TransientError, match="quota"):
         engine.cut_out(harness(fake, image[0]).job)
     fake.inject_errors(2, status=503, where="status")  # polls shrug off a few glitches
-    assert engine.cut_out(harness(fake, image[0]).job).data
+    assert cutout_iou(engine.cut_out(harness(fake, image[0]).job), image[1]) >= 0.9
     fake.slow_seconds = 1.0
     slow = make_engine(request_timeout=0.2, start=False)
     with pytest.raises(TransientError, match="timed out"):
@@ -557,7 +502,7 @@ def test_each_submission_try_takes_a_fresh_link(
     fake.force_rate_limit(2, retry_after=0.1)
     h = harness(fake, image[0])
     result = engine.cut_out(h.job)
-    assert alpha_iou(result.data, image[1]) >= 0.9
+    assert cutout_iou(result, image[1]) >= 0.9
     assert (fake.rate_limited, fake.submissions, h.links) == (2, 1, 3)
 
 
@@ -568,7 +513,7 @@ def test_expired_result_of_a_fresh_job_is_resubmitted_at_once(
     fake.expire_next_results(1)
     h = harness(fake, image[0])
     result = engine.cut_out(h.job)
-    assert alpha_iou(result.data, image[1]) >= 0.9
+    assert cutout_iou(result, image[1]) >= 0.9
     assert fake.submissions_for(h.url) == 2 and len(h.recorded) == 2
     assert "expired" in h.job.extra["resubmitted"]
     assert engine.stats().resubmissions == 1

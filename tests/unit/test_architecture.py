@@ -66,6 +66,7 @@ def test_the_package_and_its_imports_are_found() -> None:
         ("sqlalchemy", ("daemon.ledger",)),
         ("alembic", ("daemon.ledger",)),
         ("onnxruntime", ("daemon.engines.local",)),
+        ("wcmatch", ("daemon.profiles",)),
         ("daemon.cli", ()),
     ],
 )
@@ -92,6 +93,10 @@ def test_the_core_does_not_import_adapters() -> None:
         "daemon.errors",
         "daemon.config",
         "daemon.config_reader",
+        "daemon.config_profiles",
+        "daemon.profiles",
+        "daemon.delivery",
+        "daemon.rendering",
     )
     for name in core:
         bad = sorted(i for i in MODULES[name] if i.startswith(adapters))

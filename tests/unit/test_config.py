@@ -8,7 +8,7 @@ import pytest
 
 from daemon.config import load_settings, parse_settings
 from daemon.errors import ConfigError
-from daemon.models import Mode, OutputFormat, Rgb
+from daemon.models import Mode, OutputFormat, OutputSpec, Rgb
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
@@ -38,7 +38,7 @@ def _defaults_by_section() -> dict[str, list[str]]:
     settings = load_settings(None)
     result: dict[str, list[str]] = {}
     for section in fields(settings):
-        if section.name == "config_path":
+        if section.name in ("config_path", "profiles"):
             continue
         keys = [f.name for f in fields(getattr(settings, section.name))]
         if section.name == "engine":
@@ -49,6 +49,8 @@ def _defaults_by_section() -> dict[str, list[str]]:
                 "background_color",
             ]
         result[section.name] = keys
+    result["[profile]"] = ["name", "match", "engine"]
+    result["[profile.output]"] = [f.name for f in fields(OutputSpec)]
     return result
 
 
@@ -132,3 +134,103 @@ def test_local_engine_memory_settings() -> None:
         parse_settings({"engine": {"model_runs": -1, "idle_release": -5}})
     assert any(p.startswith("engine.model_runs:") for p in caught.value.problems)
     assert any(p.startswith("engine.idle_release:") for p in caught.value.problems)
+
+
+PROFILES = """
+[source]
+recursive = true
+[[profile]]
+name = "amazon"
+match = ["amazon/**"]
+engine = "local"
+[[profile.output]]
+format = "jpeg"
+canvas = "2000x2000"
+fill = 0.85
+[[profile.output]]
+format = "webp"
+trim = true
+padding = "5%"
+folder = "web"
+[[profile]]
+name = "shopify"
+match = ["shopify/**", "*.png"]
+[[profile.output]]
+aspect = "1:1"
+max_side = 2048
+align = "bottom"
+"""
+
+
+def test_profiles_are_parsed_in_order() -> None:
+    settings = parse_settings(tomllib.loads(PROFILES))
+    amazon, shopify = settings.profiles
+    assert (amazon.name, amazon.match, amazon.engine) == ("amazon", ("amazon/**",), "local")
+    jpeg, webp = amazon.outputs
+    assert (jpeg.format, jpeg.canvas, jpeg.fill, jpeg.background_color) == (
+        OutputFormat.JPEG, (2000, 2000), 0.85, None,
+    )  # fmt: skip
+    assert (webp.trim, str(webp.padding), webp.folder) == (True, "5%", "web")
+    assert (shopify.outputs[0].aspect, shopify.outputs[0].max_side) == ((1, 1), 2048)
+
+
+def test_profile_problems_are_reported_with_the_others() -> None:
+    text = PROFILES.replace("recursive = true", "recursive = false\npoll_interval = -1")
+    text = text.replace('engine = "local"', 'engine = "local"\ncolour = "red"')
+    text = text.replace('"2000x2000"', '"2000 by 2000"').replace("fill = 0.85", "fill = 1.5")
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(tomllib.loads(text))
+    problems = caught.value.problems
+    expected = [
+        "source.poll_interval:",
+        "profile.amazon.colour: unknown key",
+        "profile.amazon.output[1].canvas: must be 'WxH'",
+        "profile.amazon.output[1].fill: must be more than 0 and at most 1",
+        "profile.amazon.match: 'amazon/**' can never match: source.recursive = false",
+        "profile.shopify.match: 'shopify/**' can never match",
+    ]
+    for prefix in expected:
+        assert any(p.startswith(prefix) for p in problems), (prefix, problems)
+    assert not any("'*.png'" in p for p in problems)  # a top-level glob can match
+
+
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [
+        ("padding = 10", "padding: is added around the trimmed subject"),
+        ('format = "png"\nquality = 80', "quality: applies to webp and jpeg only"),
+        ('canvas = "10x10"\naspect = "1:1"', "aspect: cannot be combined with canvas"),
+        ('canvas = "10x10"\nmax_side = 5', "max_side: cannot be combined with canvas"),
+        ("fill = 0.5", "fill: applies to canvas only"),
+        ('aspect = "wide"', "aspect: must be 'W:H'"),
+        ('padding = "5 percent"\ntrim = true', "padding: must be pixels"),
+        ('mode = "mask"\nbackground_color = "#ffffff"', "background_color: has no effect"),
+        ('folder = "../up"', "folder: must be a folder inside output/"),
+        ('format = "gif"', "format: must be one of"),
+    ],
+)
+def test_each_output_key_is_validated(output: str, problem: str) -> None:
+    text = f'[[profile]]\nname = "p"\nmatch = ["*"]\n[[profile.output]]\n{output}\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(tomllib.loads(text))
+    assert any(p.startswith(f"profile.p.output[1].{problem}") for p in caught.value.problems), (
+        caught.value.problems
+    )
+
+
+def test_two_outputs_in_one_file_and_photoshop_on_a_local_folder_are_refused() -> None:
+    text = (
+        '[[profile]]\nname = "p"\nmatch = ["*"]\nengine = "photoshop"\n'
+        '[[profile.output]]\nformat = "png"\n[[profile.output]]\ntrim = true\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(tomllib.loads(text))
+    problems = caught.value.problems
+    assert any(p.startswith("profile.p.output[2]: same folder and format") for p in problems)
+    assert any(p.startswith("profile.p.engine: the Photoshop engine needs") for p in problems)
+
+
+def test_default_profile_is_the_engine_keys() -> None:
+    settings = parse_settings({"engine": {"output_format": "webp", "trim": True}})
+    (output,) = settings.default_profile.outputs
+    assert (output.format, output.trim, output.folder) == (OutputFormat.WEBP, True, "")

@@ -1,4 +1,5 @@
-"""daemon.imaging: decoding odd inputs to 8-bit RGB(A), and composing outputs. No model."""
+"""daemon.imaging: decoding odd inputs to 8-bit RGB(A); and the default profile's output
+(the `[engine]` keys) as daemon.rendering composes it, exactly as before profiles. No model."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from daemon.errors import PermanentItemError
-from daemon.imaging import compose_output, decode_image, to_8bit
-from daemon.models import CutoutOptions, Mode, OutputFormat, Rgb
+from daemon.imaging import combined_alpha, decode_image, to_8bit
+from daemon.models import Cutout, CutoutOptions, Mode, OutputFormat, OutputSpec, Rgb
+from daemon.rendering import render
 
 RED = (210, 40, 30)
 BACKDROP = (225, 225, 225)
@@ -206,7 +208,12 @@ def test_pixel_limit_names_the_dimensions() -> None:
         decode_image(encoded(image, "PNG"), max_pixels=100_000)
 
 
-# ---------------------------------------------------------------- compose_output
+# ---------------------------------------------------------------- the default profile's output
+
+
+def compose_output(image: Image.Image, mask: Image.Image, options: CutoutOptions) -> bytes:
+    """What the engine and the default profile make of an input and the model's mask."""
+    return render(Cutout(image, combined_alpha(image, mask)), OutputSpec.from_options(options))
 
 
 def test_cutout_png_uses_the_mask_as_alpha_and_clears_hidden_pixels() -> None:
@@ -276,5 +283,5 @@ def test_webp_keeps_alpha() -> None:
 
 def test_mask_of_another_size_is_refused() -> None:
     image, _ = scene()
-    with pytest.raises(ValueError, match="mask size"):
-        compose_output(image, Image.new("L", (10, 10)), CutoutOptions())
+    with pytest.raises(ValueError, match="alpha size"):
+        render(Cutout(image, Image.new("L", (10, 10))), OutputSpec())

@@ -11,7 +11,7 @@ import pytest
 
 from daemon.errors import RateLimitedError, TransientError, UnreachableError
 from daemon.models import ItemStatus
-from daemon.pipeline import output_candidates
+from daemon.profiles import output_candidates
 from daemon.service import Service
 from tests.helpers import ChromaKeyEngine, alpha_iou, write_shape
 
@@ -268,3 +268,76 @@ def test_a_failing_claim_does_not_end_the_worker(
 
     monkeypatch.setattr(service.ledger, "claim_next", claim_next)
     service.work_until_idle()  # returns; the worker loop tries again later
+
+
+TWO_OUTPUTS: dict[str, Any] = {
+    "name": "shop",
+    "match": ["shop*"],
+    "output": [
+        {"format": "jpeg", "canvas": "300x300"},
+        {"format": "webp", "trim": True, "padding": 4, "folder": "web"},
+    ],
+}
+
+
+def test_profile_outputs_are_written_and_recorded_per_input(
+    make_service: MakeService, root: Path
+) -> None:
+    write_shape(root / "input" / "shop-a.jpg")
+    write_shape(root / "input" / "plain.jpg", color=(20, 200, 40))
+    engine = ChromaKeyEngine()
+    service = make_service(engine, profile=[TWO_OUTPUTS])
+    service.run_once()
+    assert engine.calls == 2  # once per input, whatever the number of outputs
+    assert sorted(p.relative_to(root / "output").as_posix() for p in (root / "output").rglob("*.*")) == [
+        "plain.png", "shop-a.jpg", "web/shop-a.webp",
+    ]  # fmt: skip
+    items = {i.path: i for i in service.ledger.list_items()}
+    recorded = service.ledger.outputs_of(items["shop-a.jpg"].id)
+    assert [(o.slot, o.path) for o in recorded] == [(0, "shop-a.jpg"), (1, "web/shop-a.webp")]
+    assert all(o.bytes and o.written_at for o in recorded)
+    assert items["shop-a.jpg"].output_path == "shop-a.jpg"
+
+
+def test_duplicates_reuse_outputs_only_from_the_same_recipe(
+    make_service: MakeService, root: Path
+) -> None:
+    write_shape(root / "input" / "shop-a.jpg")
+    data = (root / "input" / "shop-a.jpg").read_bytes()
+    (root / "input" / "shop-b.jpg").write_bytes(data)  # same recipe: outputs copied
+    (root / "input" / "other.jpg").write_bytes(data)  # the default recipe: made afresh
+    engine = ChromaKeyEngine()
+    service = make_service(engine, profile=[TWO_OUTPUTS], engine={"workers": 1})
+    service.run_once()
+    assert engine.calls == 2
+    by_path = {i.path: i for i in service.ledger.list_items()}
+    assert by_path["shop-b.jpg"].status == ItemStatus.SKIPPED
+    assert by_path["other.jpg"].status == ItemStatus.SUCCEEDED
+    out = root / "output"
+    assert (out / "shop-b.jpg").read_bytes() == (out / "shop-a.jpg").read_bytes()
+    assert (out / "web" / "shop-b.webp").read_bytes() == (out / "web" / "shop-a.webp").read_bytes()
+    assert len(service.ledger.outputs_of(by_path["shop-b.jpg"].id)) == 2
+    assert (out / "other.png").exists()
+
+
+def test_a_failure_between_outputs_leaves_the_input_for_a_clean_retry(
+    make_service: MakeService, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_shape(root / "input" / "shop-a.jpg")
+    engine = ChromaKeyEngine()
+    service = make_service(engine, profile=[TWO_OUTPUTS])
+    storage = service.storage
+    real_write = storage.write
+    failures = [TransientError("disk hiccup")]
+
+    def write_failing_once(area: Any, path: str, data: bytes) -> None:
+        if path.startswith("web/") and failures:
+            raise failures.pop()
+        real_write(area, path, data)
+
+    monkeypatch.setattr(storage, "write", write_failing_once)
+    service.run_once()
+    (item,) = service.ledger.list_items()
+    assert item.status == ItemStatus.SUCCEEDED and item.attempts == 2
+    assert (root / "archive" / "shop-a.jpg").exists()
+    assert [o.path for o in service.ledger.outputs_of(item.id)] == ["shop-a.jpg", "web/shop-a.webp"]
