@@ -65,7 +65,7 @@ def test_the_package_and_its_imports_are_found() -> None:
         ("daemon.compose", ("daemon.service", "daemon.cli")),
         ("sqlalchemy", ("daemon.ledger",)),
         ("alembic", ("daemon.ledger",)),
-        ("onnxruntime", ("daemon.engines.local",)),
+        ("onnxruntime", ("daemon.engines.onnx_session",)),
         ("wcmatch", ("daemon.profiles",)),
         ("daemon.cli", ()),
     ],
