@@ -178,7 +178,9 @@ def main() -> None:
         path = quantized(opset13, scratch / f"{stage}.onnx", calibration, convs)
         record["stages"][stage] = compare(reference, planes(path, tensors), names)
         print(f"only {stage} int8 ({len(convs)} convs): {record['stages'][stage]}", flush=True)
-    order = sorted(groups, key=lambda s: record["stages"][s]["mean_diff"])
+    # Only stages that pass alone can pass together; least sensitive first.
+    passing = [s for s in groups if record["stages"][s]["worst_iou"] >= args.gate]
+    order = sorted(passing, key=lambda s: record["stages"][s]["mean_diff"])
     kept: list[str] = []
     record["greedy"] = []
     for stage in order:
