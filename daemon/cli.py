@@ -2,7 +2,7 @@
 `daemon.output`). No logic.
 
 Exit codes: 0 success; 1 a problem (for `run --once`: some images failed); 2 bad
-arguments; 69 a required service or engine is unavailable; 77 credentials rejected;
+arguments; 75 `run --once` could not make some archive/failed moves in time; 69 a required service or engine is unavailable; 77 credentials rejected;
 78 configuration error.
 """
 
@@ -56,6 +56,7 @@ if TYPE_CHECKING:  # the ledger (SQLAlchemy) loads only for the commands that ne
     from daemon.ledger.requeue import Requeued, Requeuer
 
 EX_USAGE = 2
+EX_TEMPFAIL = 75  # `run --once`: inputs whose archive/failed move could not be made yet
 EX_UNAVAILABLE = 69
 log = logging.getLogger("daemon.cli")
 ENGINES = ("local", "photoshop")
@@ -247,6 +248,8 @@ def command_run(settings: Settings, args: argparse.Namespace) -> int:
             if service.fatal:
                 raise service.fatal
             print(summary.line())
+            if summary.unmoved:
+                return EX_TEMPFAIL
             return 1 if summary.counts.get(ItemStatus.FAILED) else 0
         service.run_forever()
         if service.fatal:
@@ -263,6 +266,17 @@ def command_check(settings: Settings, args: argparse.Namespace) -> int:
     service = Service(settings)
     try:
         service.ledger.migrate()
+        root = service.storage.inspect_root()
+        print(f"config:  {settings.config_path or 'built-in defaults'}: valid")
+        print(f"storage: {root.location}")
+        if not root.exists and root.elsewhere:
+            print(
+                f"root:    {root.root} does not exist here, but a folder of that name exists in "
+                f'the {root.elsewhere} namespace: set [dropbox] path_root = "{root.elsewhere}" '
+                "to use it (nothing was created)"
+            )
+            return 1
+        print(f"root:    {root.root} {'exists' if root.exists else 'does not exist: created'}")
         service.storage.ensure_layout()
         for engine in service.engines:
             engine.start()
@@ -270,8 +284,7 @@ def command_check(settings: Settings, args: argparse.Namespace) -> int:
         hardware = [describe_engine(engine) for engine in service.engines]
     finally:
         service.close()
-    print(f"config:  {settings.config_path or 'built-in defaults'}: valid")
-    print(f"storage: {service.storage.describe()}: input/ output/ archive/ failed/ ready")
+    print(f"folders: {service.storage.describe()}: input/ output/ archive/ failed/ ready")
     for kind, runs_on in zip(settings.engine_kinds, hardware, strict=True):
         print(f"engine:  {kind}: ready{f' on {runs_on}' if runs_on else ''}")
     for profile in settings.profiles:

@@ -4,18 +4,22 @@ for the commands that need one part without a running service."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.config import Settings
 from daemon.engines.base import Engine
 from daemon.errors import AuthError, CutoutdError
-from daemon.ledger import default_ledger_url
+from daemon.inplace_retry import PatientStorage, RateLimitWaiter
+from daemon.ledger import default_ledger_url, default_state_directory
 from daemon.ledger.queries import LedgerReader
 from daemon.notify import Notifier
 from daemon.secrets import read_secret
+from daemon.spool import ResultSpool
 from daemon.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -24,6 +28,11 @@ if TYPE_CHECKING:
 
 def ledger_url(settings: Settings) -> str:
     return settings.ledger.url or default_ledger_url(settings.source.kind, settings.source.root)
+
+
+def patient_storage(storage: Storage, settings: Settings, stop: threading.Event) -> Storage:
+    """`storage` whose per-image calls wait out rate limits in place (daemon.inplace_retry)."""
+    return PatientStorage(storage, RateLimitWaiter(settings.retry.rate_limit_wait, stop))
 
 
 def build_storage(settings: Settings) -> Storage:
@@ -39,6 +48,21 @@ def build_storage(settings: Settings) -> Storage:
     return LocalStorage(
         source.root, recursive=source.recursive, settle_seconds=source.settle_seconds
     )
+
+
+def build_spool(settings: Settings) -> ResultSpool:
+    """The result spool: `[spool] directory`, else `spool/` beside a SQLite ledger, else
+    in the state directory; one sub-folder per ledger, so two daemons never share rows."""
+    url = ledger_url(settings)
+    directory = settings.spool.directory
+    if directory:
+        base = Path(directory).expanduser()
+    elif url.startswith("sqlite:///"):
+        base = Path(url.removeprefix("sqlite:///")).parent / "spool"
+    else:
+        base = default_state_directory(settings.source.kind, settings.source.root) / "spool"
+    ledger_digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return ResultSpool(base / ledger_digest, settings.spool.max_bytes)
 
 
 def build_engine(settings: Settings, stop: threading.Event, kind: str | None = None) -> Engine:

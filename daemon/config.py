@@ -70,6 +70,7 @@ class RetrySettings:
     backoff_initial: float = 10.0
     backoff_multiplier: float = 3.0
     backoff_max: float = 3600.0
+    rate_limit_wait: float = 60.0  # seconds an image waits in place on Dropbox rate limits
 
     def delay_after(self, attempts: int) -> float:
         """Seconds to wait before attempt number `attempts + 1`."""
@@ -94,6 +95,7 @@ class DropboxSettings:
     max_retries_on_error: int = 4
     max_retries_on_rate_limit: int = 0
     longpoll_timeout: int = 30
+    path_root: str = "root"  # "root": the account's root namespace (team space); "home"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,12 @@ class PhotoshopSettings:
     job_timeout: float = 600.0
     request_timeout: float = 60.0
     color_decontamination: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSettings:
+    directory: str = ""  # empty: `spool/` beside a SQLite ledger, else in the state directory
+    max_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +139,7 @@ class Settings:
     dropbox: DropboxSettings = field(default_factory=DropboxSettings)
     photoshop: PhotoshopSettings = field(default_factory=PhotoshopSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
     profiles: tuple[Profile, ...] = ()
     config_path: str | None = None
 
@@ -241,6 +250,7 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
                 "backoff_initial": non_negative,
                 "backoff_multiplier": at_least_one,
                 "backoff_max": non_negative,
+                "rate_limit_wait": non_negative,
             },
         ),
         log=read_table(
@@ -261,6 +271,7 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
             "dropbox",
             DropboxSettings,
             problems,
+            choices={"path_root": ("root", "home")},
             checks={
                 "timeout": positive,
                 "max_retries_on_error": non_negative,
@@ -299,6 +310,9 @@ def parse_settings(data: Mapping[str, Any], config_path: str | None = None) -> S
             checks={
                 "port": lambda v: None if 0 <= v <= 65535 else f"must be a TCP port, got {v!r}"
             },
+        ),
+        spool=read_table(
+            data, "spool", SpoolSettings, problems, checks={"max_bytes": at_least_one}
         ),
         config_path=config_path,
     )

@@ -137,6 +137,11 @@ class Metrics:
         )
         self.in_flight = Gauge("cutoutd_in_flight", "Revisions being processed now", registry=r)
         self.pending = Gauge("cutoutd_pending", "Revisions waiting in the ledger", registry=r)
+        self.spool_bytes = Gauge(
+            "cutoutd_spool_bytes",
+            "Bytes of received results kept on disk until their output is written",
+            registry=r,
+        )
         self.last_poll = Gauge(
             "cutoutd_last_successful_poll_timestamp_seconds",
             "Unix time of the last successful discovery pass (0: none yet)",
@@ -188,6 +193,9 @@ class Metrics:
                 return float("nan")
 
         self.pending.set_function(read)
+
+    def track_spool(self, size: Callable[[], int]) -> None:
+        self.spool_bytes.set_function(lambda: float(size()))
 
     def poll_succeeded(self, unix_time: float) -> None:
         self.last_poll.set(unix_time)

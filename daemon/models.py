@@ -130,6 +130,16 @@ class Rgb:
 
 
 @dataclass(frozen=True, slots=True)
+class RootReport:
+    """Where a storage looks for its root folder (`cutoutd check`)."""
+
+    root: str
+    location: str  # "local folder", "Dropbox team space; root namespace 3160919009", ...
+    exists: bool
+    elsewhere: str | None = None  # the account's other namespace ("root", "home") has one
+
+
+@dataclass(frozen=True, slots=True)
 class CutoutOptions:
     """The `[engine]` output keys of configurations older than profiles."""
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -28,16 +27,19 @@ from daemon.errors import (
 )
 from daemon.ledger import Ledger
 from daemon.logs import context
-from daemon.models import EngineJob, Item, ItemStatus, Profile, SubmittedJob
+from daemon.models import Item, ItemStatus, Profile
 from daemon.profiles import choose_profile
-from daemon.relocation import RELOCATE_FOR_POLICY, Relocator
+from daemon.relocation import BATCH_LINGER, RELOCATE_FOR_POLICY, Relocator
+from daemon.results import EngineObserver, Results
 from daemon.secrets import redact
+from daemon.spool import ResultSpool
 from daemon.storage.base import Storage
 
 log = logging.getLogger(__name__)
 PROCESSING = ItemStatus.PROCESSING
-# The service's trouble, not the item's: however long it lasts, the item keeps its last attempt.
-SERVICE_WIDE = (UnreachableError, RateLimitedError)
+# The service's trouble, not the item's: however long it lasts, the item keeps its last attempt
+# (rate limits are waited out in place, then the claim is given back: see `_retry`).
+SERVICE_WIDE = (UnreachableError,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +49,8 @@ class Discovery:
     settling: int = 0
 
 
-class PipelineObserver(Protocol):
+class PipelineObserver(EngineObserver, Protocol):
     """What metrics want to know about outcomes (see daemon.metrics.Metrics)."""
-
-    def engine_finished(self, engine: str, seconds: float) -> None: ...
-
-    def job_submitted(self, engine: str) -> None: ...
 
     def item_finished(self, outcome: str, seconds_since_discovery: float) -> None: ...
 
@@ -83,6 +81,7 @@ class Pipeline:
         stop: threading.Event,
         observer: PipelineObserver | None = None,
         engines: Mapping[str, Engine] | None = None,
+        spool: ResultSpool | None = None,
     ) -> None:
         """`engine` is `[engine] kind`'s; `engines` holds the others that profiles choose."""
         self.storage = storage
@@ -93,7 +92,9 @@ class Pipeline:
         self.settings = settings
         self.stop = stop
         self.observer: PipelineObserver = observer or NullObserver()
-        self.relocator = Relocator(storage, ledger, stop)
+        self.results = Results(storage, ledger, self.observer, spool)
+        linger = BATCH_LINGER if settings.source.kind == "dropbox" else 0.0  # a folder: no batches
+        self.relocator = Relocator(storage, ledger, stop, linger)
 
     # -- discovery ------------------------------------------------------------------------
 
@@ -108,10 +109,11 @@ class Pipeline:
         while not self.stop.is_set():
             try:
                 batch = self.storage.list_changes(cursor)
-            except CursorResetError:
+            except CursorResetError as exc:
                 resets += 1
                 log.warning(
-                    "storage cursor reset; listing everything again",
+                    "%s; listing everything again",
+                    exc,
                     extra=context("cursor.reset", storage=self.storage.key),
                 )
                 self.ledger.reset_cursor(self.storage.key)
@@ -179,17 +181,7 @@ class Pipeline:
         if self.settings.source.dedupe == "content" and self._skip_duplicate(item, profile):
             return
         engine = self.engine_for(profile)
-        started = time.monotonic()
-        try:
-            cutout = engine.cut_out(self._engine_job(item, engine.name))
-        finally:
-            self.observer.engine_finished(engine.name, time.monotonic() - started)
-        self.ledger.record_event(
-            item.id,
-            "result_received",
-            engine=engine.name,
-            seconds=round(time.monotonic() - started, 3),
-        )
+        cutout = self.results.result_for(item, engine)
         self._require_current(item)
         outputs = self.writer.write_all(item, profile, cutout)
         self._succeed(item, outputs, engine.name, profile.name)
@@ -219,37 +211,12 @@ class Pipeline:
             ", output/".join(outputs),
             extra=context("cutout.succeeded", path=item.path, rev=item.rev, output=outputs[0]),
         )
+        self.results.forget(item)
         self._observe_finished(item, "succeeded")
         self.relocate(item, relocate)
 
     def engine_for(self, profile: Profile) -> Engine:
         return self.engines[profile.engine or self.settings.engine.kind]
-
-    def _engine_job(self, item: Item, engine: str) -> EngineJob:
-        file = item.as_file()
-        submitted = (
-            SubmittedJob(item.job_id, item.status_url) if item.job_id and item.status_url else None
-        )
-        resubmitting = [item.job_id is not None]
-
-        def record_submission(job: SubmittedJob) -> None:
-            self.ledger.record_submission(item.id, job, resubmitted=resubmitting[0])
-            resubmitting[0] = True
-            self.observer.job_submitted(engine)
-            log.info(
-                "submitted %s as job %s",
-                item.path,
-                job.job_id,
-                extra=context("cutout.submitted", path=item.path, rev=item.rev, job_id=job.job_id),
-            )
-
-        return EngineJob(
-            item=item,
-            read_bytes=lambda: self.storage.read(file),
-            temporary_link=lambda: self.storage.temporary_link(file),
-            record_submission=record_submission,
-            submitted=submitted,
-        )
 
     def _require_current(self, item: Item) -> None:
         """Write an output only while the input is still this revision: a result for a
@@ -321,6 +288,7 @@ class Pipeline:
             self.ledger.transition(item.id, PROCESSING, status, status.value, values, reason=reason)
         except LostClaimError:
             return
+        self.results.forget(item)
         level = logging.ERROR if status == ItemStatus.FAILED else logging.INFO
         log.log(
             level,
@@ -336,6 +304,11 @@ class Pipeline:
     def _retry(self, item: Item, error: TransientError) -> None:
         if self.stop.is_set():
             self._release(item, f"stopping: {error}")
+            return
+        if isinstance(error, RateLimitedError):  # waited out in place already: give it back
+            delay = error.retry_after or self.settings.retry.backoff_initial
+            self._release(item, f"rate-limited: {error}", delay=delay)
+            self.observer.retry_scheduled(True)
             return
         service_wide = isinstance(error, SERVICE_WIDE)
         if item.attempts >= self.settings.retry.max_attempts and not service_wide:
@@ -382,14 +355,17 @@ class Pipeline:
             discovered = discovered.replace(tzinfo=UTC)
         self.observer.item_finished(outcome, (self.ledger.clock() - discovered).total_seconds())
 
-    def _release(self, item: Item, reason: str) -> None:
-        """Give a claimed revision back untouched (stop, drain): the attempt does not count."""
+    def _release(self, item: Item, reason: str, delay: float | None = None) -> None:
+        """Give a claimed revision back untouched (stop, drain, a rate limit that outlasted
+        the wait in place): the attempt does not count. `delay`: not before that many s."""
         reason = redact(reason)
-        values = {
+        values: dict[str, object] = {
             "attempts": max(item.attempts - 1, 0),
             "claimed_by": None,
             "lease_expires_at": None,
         }
+        if delay is not None:
+            values["next_attempt_at"] = self.ledger.clock() + timedelta(seconds=delay)
         try:
             self.ledger.transition(
                 item.id, PROCESSING, ItemStatus.PENDING, "released", values, reason=reason
@@ -408,5 +384,5 @@ class Pipeline:
     def relocate(self, item: Item, target: str | None) -> None:
         self.relocator.relocate(item, target)
 
-    def relocate_pending(self) -> None:
-        self.relocator.relocate_pending()
+    def relocate_pending(self, wait: bool = True) -> None:
+        self.relocator.relocate_pending(wait)

@@ -20,9 +20,11 @@ from daemon.compose import (
     build_engine,
     build_metrics,
     build_other_engines,
+    build_spool,
     build_storage,
     discovery_interval,
     ledger_url,
+    patient_storage,
     worker_count,
 )
 from daemon.config import Settings
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HEALTHY_POLL_AGE_MIN = 10.0  # /healthz tolerates 3 poll intervals, but never less than this
+MOVES_NAMED = 20  # owed moves the `run --once` summary names one by one
 
 
 @dataclass(slots=True)
@@ -48,6 +51,7 @@ class RunSummary:
     counts: dict[ItemStatus, int] = field(default_factory=dict)
     pending: int = 0
     interrupted: bool = False
+    unmoved: list[str] = field(default_factory=list)  # owed moves not made: `path -> archive/`
 
     def line(self) -> str:
         done = sum(self.counts.values())
@@ -55,8 +59,17 @@ class RunSummary:
             f"{self.counts.get(s, 0)} {s}"
             for s in (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.SKIPPED)
         )
+        moves = ""
+        if self.unmoved:
+            named = ", ".join(self.unmoved[:MOVES_NAMED])
+            more = (
+                f" and {len(self.unmoved) - MOVES_NAMED} more"
+                if len(self.unmoved) > MOVES_NAMED
+                else ""
+            )
+            moves = f"; {len(self.unmoved)} inputs not moved yet: {named}{more}"
         tail = " (interrupted)" if self.interrupted else ""
-        return f"processed {done}: {parts}; {self.pending} still pending{tail}"
+        return f"processed {done}: {parts}; {self.pending} still pending{moves}{tail}"
 
 
 class Service:
@@ -81,12 +94,13 @@ class Service:
             lease_seconds=settings.ledger.lease_seconds,
             node_id=settings.ledger.node_id or None,
         )
-        self.storage = storage or build_storage(settings)
+        self.storage = patient_storage(storage or build_storage(settings), settings, self.stop)
         self.engine = engine or build_engine(settings, self.stop)
         if other_engines is None:
             other_engines = build_other_engines(settings, self.stop)
         self.engines = [self.engine, *other_engines.values()]
         self.metrics = build_metrics(settings, self.engine)
+        self.spool = build_spool(settings)
         self.pipeline = Pipeline(
             self.storage,
             self.engine,
@@ -95,6 +109,7 @@ class Service:
             self.stop,
             self.metrics,
             engines=other_engines,
+            spool=self.spool,
         )
         self.in_flight: dict[int, Item] = {}
         self._lock = threading.Lock()
@@ -111,6 +126,7 @@ class Service:
         if self.metrics is not None:
             self.metrics.track_in_flight(lambda: len(self.in_flight))
             self.metrics.track_pending(lambda: self.ledger.counts()[ItemStatus.PENDING])
+            self.metrics.track_spool(self.spool.size)
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -130,6 +146,7 @@ class Service:
         self.storage.ensure_layout()
         if wait_for_engine:
             self.engine_started()
+        self._open_spool()
         recovered = self.ledger.recover_stale()
         if recovered:
             log.info(
@@ -152,6 +169,16 @@ class Service:
             self._engine_start.join()
         if self._engine_error is not None:
             raise self._engine_error
+
+    def _open_spool(self) -> None:
+        """Results kept for rows that are still to finish stay; the rest go."""
+        self.spool.open()
+
+        def still_wanted(item_id: int) -> bool:
+            item = self.ledger.get(item_id)
+            return item is not None and not item.status.is_terminal
+
+        self.spool.clean(still_wanted)
 
     def close(self) -> None:
         if self._engine_start is not None:
@@ -227,7 +254,7 @@ class Service:
         the pass failed (it is retried by the next one)."""
         try:
             found = self.pipeline.discover(progress=self._ping_watchdog)
-            self.pipeline.relocate_pending()
+            self.pipeline.relocate_pending(wait=False)  # never hold up the watchdog's pass
         except AuthError as exc:
             self._fatal(exc)
             return 0
@@ -340,6 +367,7 @@ class Service:
             if settling is None:
                 wait = self.settings.retry.delay_after(failures)
             self.stop.wait(min(max(wait, 0.05), 5.0 if settling is not None else wait))
+        unmoved = self._finish_owed_moves() if not self.stop.is_set() else []
         interrupted = self.stop.is_set() and self.fatal is None
         self._drain()
         counts = self.ledger.counts()
@@ -347,7 +375,20 @@ class Service:
             self.ledger.finished_since(started),
             counts[ItemStatus.PENDING] + counts[ItemStatus.PROCESSING],
             interrupted=interrupted,
+            unmoved=unmoved,
         )
+
+    def _finish_owed_moves(self) -> list[str]:
+        """`run --once` leaves no input behind: the archive/failed moves it owes are tried
+        again (rate limits waited out in place) for up to `[retry] rate_limit_wait` s more.
+        Returns those still owed then, as `path -> archive/`."""
+        deadline = time.monotonic() + self.settings.retry.rate_limit_wait
+        while True:
+            self.pipeline.relocate_pending()
+            owed = self.ledger.pending_relocations()
+            if not owed or self.stop.is_set() or time.monotonic() >= deadline:
+                return [f"{item.path} -> {target}/" for item, target in owed]
+            self.stop.wait(min(1.0, max(deadline - time.monotonic(), 0.0)))
 
     def _worker_loop(self) -> None:
         while not self.stop.is_set():

@@ -35,15 +35,19 @@ def default_ledger_url(source_kind: str, root: str) -> str:
     `<root>/.cutoutd/ledger.sqlite3` (hidden, so never taken for an input), and for
     Dropbox `$XDG_STATE_HOME/cutoutd/ledger.sqlite3` (~/.local/state by default).
     """
+    return f"sqlite:///{default_state_directory(source_kind, root) / 'ledger.sqlite3'}"
+
+
+def default_state_directory(source_kind: str, root: str) -> Path:
+    """`$STATE_DIRECTORY` under systemd; else `<root>/.cutoutd` for a local folder, and
+    `$XDG_STATE_HOME/cutoutd` for Dropbox."""
     state = os.environ.get("STATE_DIRECTORY")
     if state:
-        base = Path(state.split(":")[0])
-    elif source_kind == "local":
-        base = Path(root).expanduser().resolve() / ".cutoutd"
-    else:
-        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        base = Path(xdg) / "cutoutd"
-    return f"sqlite:///{base / 'ledger.sqlite3'}"
+        return Path(state.split(":")[0])
+    if source_kind == "local":
+        return Path(root).expanduser().resolve() / ".cutoutd"
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "cutoutd"
 
 
 def default_node_id() -> str:

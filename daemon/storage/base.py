@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from daemon.models import Area, ChangeBatch, RemoteFile
+from daemon.models import Area, ChangeBatch, RemoteFile, RootReport
 
 IGNORED_PREFIXES = (".", "~$")
 IGNORED_SUFFIXES = (".part", ".crdownload", ".tmp", ".partial", ".download")
@@ -31,6 +32,10 @@ class Storage(Protocol):
 
     def describe(self) -> str:
         """Human description, e.g. `local folder /srv/RemoveBGProcess`."""
+        ...
+
+    def inspect_root(self) -> RootReport:
+        """Where the root folder is looked for and whether it exists (creates nothing)."""
         ...
 
     def ensure_layout(self) -> None:
@@ -68,6 +73,12 @@ class Storage(Protocol):
         unique name on conflict; returns the new path relative to that area."""
         ...
 
+    def relocate_many(self, files: Sequence[RemoteFile], area: Area) -> list[str | Exception]:
+        """`relocate` for several inputs at once (Dropbox: `files/move_batch_v2`); one
+        result per file, in order: the new path, or the error that file met. An error of
+        the whole call (the batch could not be sent) is raised."""
+        ...
+
     def find_relocated(self, file: RemoteFile, area: Area) -> str | None:
         """Where an interrupted `relocate` of this revision already put it: the input's
         name in `area`, or one of its `x (1).jpg` variants, holding the same content (the
@@ -91,3 +102,16 @@ class Storage(Protocol):
         """Block up to `timeout` s for a change after `cursor`; True if something changed.
         Storages without change notification return False after waiting on `stop`."""
         ...
+
+
+def relocate_each(
+    relocate: Callable[[RemoteFile, Area], str], files: Sequence[RemoteFile], area: Area
+) -> list[str | Exception]:
+    """`relocate_many` for a storage without batches: one move after the other."""
+    results: list[str | Exception] = []
+    for file in files:
+        try:
+            results.append(relocate(file, area))
+        except Exception as exc:  # each file's own outcome, as a batch reports it
+            results.append(exc)
+    return results

@@ -39,12 +39,19 @@ from daemon.errors import (
     TransientError,
 )
 from daemon.hashing import content_hash_bytes
-from daemon.models import Area, Change, ChangeBatch, DeletedEntry, RemoteFile
+from daemon.models import Area, Change, ChangeBatch, DeletedEntry, RemoteFile, RootReport
 from daemon.secrets import register_secret
 from daemon.storage.base import is_ignored_name
 from daemon.storage.dropbox_auth import DropboxCredentials as DropboxCredentials
 from daemon.storage.dropbox_auth import authorize_dropbox as authorize_dropbox
-from daemon.storage.dropbox_errors import VENDOR_ERRORS, api_error, tag_chain, translate_error
+from daemon.storage.dropbox_errors import (
+    VENDOR_ERRORS,
+    api_error,
+    note_retry_after,
+    tag_chain,
+    translate_error,
+)
+from daemon.storage.dropbox_namespace import Namespace, other_client, select_namespace
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +83,11 @@ class DropboxStorage:
         self.settings = settings
         self._owns_session = session is None
         self._session = session if session is not None else dropbox.create_session()
+        self._session.hooks["response"].append(note_retry_after)
         for secret in (credentials.refresh_token, credentials.app_secret):
             if secret:
                 register_secret(secret)
-        self._client = dropbox.Dropbox(
+        self._base = dropbox.Dropbox(
             oauth2_refresh_token=credentials.refresh_token,
             app_key=credentials.app_key,
             app_secret=credentials.app_secret,
@@ -89,6 +97,9 @@ class DropboxStorage:
             max_retries_on_rate_limit=settings.max_retries_on_rate_limit,
             user_agent="cutoutd",
         )
+        self._client = self._base  # rooted in the namespace once it is known
+        self.namespace: Namespace | None = None
+        self._namespace_lock = threading.Lock()
         self._closing = threading.Event()
         self._known_token: str | None = None
 
@@ -121,11 +132,38 @@ class DropboxStorage:
     def _edge(self, action: str, path: str | None = None) -> Iterator[None]:
         where = f"{action} {path}" if path else action
         try:
+            self._use_namespace()
             yield
+        except sdk_errors.PathRootError:  # `invalid_root`: the account joined or left a team
+            try:
+                self._use_namespace(again=True)
+            except VENDOR_ERRORS as exc:
+                raise translate_error(exc, where) from None
+            message = (
+                f"the Dropbox root namespace changed on {where} (the account joined or left a team)"
+            )
+            if action in ("list", "longpoll"):  # the cursor was made in the old namespace
+                raise CursorResetError(message) from None
+            raise TransientError(message) from None
         except VENDOR_ERRORS as exc:
             raise translate_error(exc, where) from None
         finally:
             self._note_token()
+
+    def _use_namespace(self, again: bool = False) -> Namespace:
+        """Read the account's namespaces (once, or `again` after `invalid_root`)."""
+        with self._namespace_lock:
+            if self.namespace is None or again:
+                old = self.namespace
+                self.namespace, self._client = select_namespace(self._base, self.settings.path_root)
+                if old is not None and old.id != self.namespace.id:
+                    log.info(
+                        "the Dropbox namespace in use is now %s (was %s)",
+                        self.namespace.id,
+                        old.id,
+                        extra={"event": "dropbox.namespace_changed", "namespace": old.id},
+                    )
+            return self.namespace
 
     def _note_token(self) -> None:
         token = getattr(self._client, "_oauth2_access_token", None)
@@ -135,6 +173,29 @@ class DropboxStorage:
             log.debug("Dropbox access token refreshed", extra={"event": "dropbox.token_refreshed"})
 
     # ------------------------------------------------------------------ reading
+
+    def inspect_root(self) -> RootReport:
+        """Where `root` is looked for, whether it is there, and if not, whether the
+        account's other namespace has a folder of that name (for `cutoutd check`)."""
+        elsewhere = None
+        with self._edge("inspect", self.root or "/"):
+            namespace = self._use_namespace()
+            exists = self._is_folder(self._client, self.root)
+            other = None if exists or namespace.other_id is None else namespace
+            if other is not None and self._is_folder(other_client(self._base, other), self.root):
+                elsewhere = "home" if namespace.kind == "root" else "root"
+        return RootReport(self.root or "/", f"Dropbox {namespace.describe()}", exists, elsewhere)
+
+    @staticmethod
+    def _is_folder(client: Any, path: str) -> bool:
+        if not path:
+            return True
+        try:
+            return isinstance(client.files_get_metadata(path), sdk_files.FolderMetadata)
+        except sdk_errors.ApiError as exc:
+            if "not_found" in tag_chain(exc.error):
+                return False
+            raise
 
     def ensure_layout(self) -> None:
         for area in Area:
@@ -157,13 +218,14 @@ class DropboxStorage:
     def list_changes(self, cursor: str | None) -> ChangeBatch:
         folder = self._full(Area.INPUT)
         with self._edge("list", folder):
+            namespace = self._use_namespace()
             try:
                 if cursor is None:
                     result = self._client.files_list_folder(
                         folder, recursive=self.recursive, include_non_downloadable_files=False
                     )
                 else:
-                    result = self._client.files_list_folder_continue(cursor)
+                    result = self._client.files_list_folder_continue(namespace.untag(cursor))
             except sdk_errors.ApiError as exc:
                 if cursor is not None and (exc.error.is_reset() or exc.error.is_path()):
                     raise CursorResetError(f"the Dropbox cursor for {folder} was reset") from None
@@ -171,7 +233,7 @@ class DropboxStorage:
                     raise TransientError(f"{folder} is missing in Dropbox") from None
                 raise
         changes = tuple(c for c in map(self._change, result.entries) if c is not None)
-        return ChangeBatch(changes, result.cursor, bool(result.has_more))
+        return ChangeBatch(changes, namespace.tag(result.cursor), bool(result.has_more))
 
     def _change(self, entry: Any) -> Change | None:
         if not entry.path_lower or not entry.path_display:
@@ -360,7 +422,11 @@ class DropboxStorage:
                 return list(launch.get_complete().entries)
             job_id = launch.get_async_job_id()
             while not self._closing.wait(delay):
-                status = self._client.files_move_batch_check_v2(job_id)
+                try:
+                    status = self._client.files_move_batch_check_v2(job_id)
+                except sdk_errors.RateLimitError as exc:  # the moves go on: ask again later
+                    delay = float(exc.backoff or 1.0)
+                    continue
                 if status.is_complete():
                     return list(status.get_complete().entries)
                 delay = min(delay * 2, 5.0)
@@ -396,8 +462,8 @@ class DropboxStorage:
         if stop.is_set():
             return False
         seconds = min(max(int(timeout), 30), 480)
-        argument = sdk_files.ListFolderLongpollArg(cursor, seconds)
         with self._edge("longpoll"):
+            argument = sdk_files.ListFolderLongpollArg(self._use_namespace().untag(cursor), seconds)
             try:
                 result = self._client.request(
                     sdk_files.list_folder_longpoll,

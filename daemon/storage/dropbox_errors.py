@@ -4,6 +4,7 @@ Dropbox adapter (`daemon.storage.dropbox`)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import requests
@@ -34,6 +35,27 @@ TRANSIENT_TAGS = frozenset(
     }
 )
 VENDOR_ERRORS = (sdk_errors.DropboxException, requests.RequestException)
+_unavailable = threading.local()  # Retry-After of this thread's last 503 (the SDK drops it)
+
+
+def note_retry_after(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """A `requests` response hook on the SDK's session: remember a 503's Retry-After, which
+    the SDK's `InternalServerError` does not keep, so that `translate_error` can honour it."""
+    if response.status_code == 503:
+        _unavailable.retry_after = _seconds(response.headers.get("Retry-After"))
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(float(value), 0.0) if value else None
+    except ValueError:  # an HTTP date: wait the default
+        return None
+
+
+def _take_retry_after() -> float | None:
+    retry_after: float | None = getattr(_unavailable, "retry_after", None)
+    _unavailable.retry_after = None
+    return retry_after
 
 
 def tag_chain(value: Any) -> list[str]:
@@ -79,6 +101,10 @@ def translate_error(exc: BaseException, where: str) -> CutoutdError:
         return PermanentItemError(f"Dropbox rejected the request for {where}: {text}")
     if isinstance(exc, sdk_errors.ApiError):
         return api_error(exc.error, where)
+    if isinstance(exc, sdk_errors.InternalServerError) and exc.status_code == 503:
+        retry_after = _take_retry_after()
+        if retry_after is not None:  # Dropbox sheds load: a rate limit by another name
+            return RateLimitedError(f"Dropbox is busy (503) on {where}", retry_after)
     if isinstance(exc, sdk_errors.HttpError):
         message = f"Dropbox answered HTTP {exc.status_code} on {where}"
         transient = exc.status_code >= 500 or exc.status_code in (408, 425)

@@ -20,13 +20,13 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from daemon.errors import ItemGoneError, PermanentItemError, TransientError
 from daemon.hashing import content_hash_stream
-from daemon.models import Area, ChangeBatch, RemoteFile
-from daemon.storage.base import is_ignored_name
+from daemon.models import Area, ChangeBatch, RemoteFile, RootReport
+from daemon.storage.base import is_ignored_name, relocate_each
 
 Signature = tuple[int, int, int]
 
@@ -80,6 +80,9 @@ class LocalStorage:
 
     def area(self, area: Area) -> Path:
         return self.root / area.value
+
+    def inspect_root(self) -> RootReport:
+        return RootReport(str(self.root), "local folder", self.root.is_dir())
 
     def ensure_layout(self) -> None:
         for area in Area:
@@ -259,6 +262,9 @@ class LocalStorage:
 
     def relocate(self, file: RemoteFile, area: Area) -> str:
         return self._move_unique(self._input_path(file.path), area, file.path)
+
+    def relocate_many(self, files: Sequence[RemoteFile], area: Area) -> list[str | Exception]:
+        return relocate_each(self.relocate, files, area)
 
     def find_relocated(self, file: RemoteFile, area: Area) -> str | None:
         found = None

@@ -114,6 +114,8 @@ def test_check_and_config_errors(tmp_path: Path, write_config: WriteConfig) -> N
     assert result.returncode == 0, result.stderr
     assert "engine:  local: ready on onnxruntime " in result.stdout
     assert "ExecutionProvider (" in result.stdout and ", fp32, " in result.stdout
+    assert "storage: local folder" in result.stdout
+    assert f"root:    {root.resolve()} does not exist: created" in result.stdout
     assert (root / "input").is_dir() and (root / "failed").is_dir()
     bad = tmp_path / "bad.toml"
     bad.write_text('[source]\nkind = "ftp"\npoll_interval = 0\n[engine]\nmode = "blur"\n')

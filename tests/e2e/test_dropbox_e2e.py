@@ -219,3 +219,35 @@ def test_auth_dropbox_command_prints_a_refresh_token(fake: FakeDropbox) -> None:
     )
     assert refreshed.status_code == 200, refreshed.text
     refreshed.close()
+
+
+def test_run_once_names_the_moves_it_could_not_make(fake: FakeDropbox, tmp_path: Path) -> None:
+    """Dropbox rate-limits every move for longer than `retry.rate_limit_wait`: the images
+    are done, but their inputs cannot be archived; `--once` says which, and exits 75."""
+    config = tmp_path / "moves.toml"
+    config.write_text(
+        f'[source]\nkind = "dropbox"\nroot = "{ROOT}"\npoll_interval = 0.5\nsettle_seconds = 0\n'
+        f'[ledger]\nurl = "sqlite:///{tmp_path / "moves.sqlite3"}"\n'
+        "[retry]\nbackoff_initial = 0.2\nrate_limit_wait = 1.5\n"
+        "[dropbox]\ntimeout = 20\nmax_retries_on_error = 1\n"
+        '[log]\nformat = "json"\nlevel = "INFO"\n'
+    )
+    masks = put_images(fake, ["stuck.jpg"])
+    fake.rate_limit(None, retry_after=1, routes=["files/move_batch_v2", "files/move_v2"])
+    result = run_once(fake, config)
+    assert result.returncode == 75, result.stderr[-3000:]
+    assert result.stdout.strip() == (
+        "processed 1: 1 succeeded, 0 failed, 0 skipped; 0 still pending; "
+        "1 inputs not moved yet: stuck.jpg -> archive/"
+    )
+    assert (
+        alpha_iou(fake.files_under(f"{ROOT}/output")[output_of("stuck.jpg")], masks["stuck.jpg"])
+        >= 0.9
+    )
+    assert f"{ROOT}/input/stuck.jpg" in fake.files_under(f"{ROOT}/input")
+
+    fake.clear_faults()  # the next run finishes the move it owes
+    again = run_once(fake, config)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{ROOT}/archive/stuck.jpg" in fake.files_under(f"{ROOT}/archive")
+    assert fake.files_under(f"{ROOT}/input") == {}

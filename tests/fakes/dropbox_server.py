@@ -50,6 +50,7 @@ from typing import Any
 import requests
 
 from daemon.hashing import content_hash_bytes
+from tests.fakes.dropbox_namespaces import Namespaces
 
 DROPBOX_ORIGINS = (
     "https://api.dropboxapi.com",
@@ -312,7 +313,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeDropbox:
-    """One Dropbox account with one app, in memory, behind a local HTTP(S) server."""
+    """One Dropbox account with one app, in memory, behind a local HTTP(S) server; with
+    `team_space=True` a team member's (see tests/fakes/dropbox_namespaces.py)."""
 
     def __init__(
         self,
@@ -325,8 +327,10 @@ class FakeDropbox:
         page_size: int = 500,
         clock: Callable[[], float] = time.time,
         seed: int = 0,
+        team_space: bool = False,
     ) -> None:
         self.https = https
+        self.namespaces = Namespaces(team_space)
         self.app_key = app_key
         self.app_secret = app_secret
         self.access_token_ttl = access_token_ttl
@@ -340,6 +344,7 @@ class FakeDropbox:
         self.save_url_delay = 0.0
         self.counts: Counter[str] = Counter()
         self.faulted: Counter[str] = Counter()  # faults served, by kind
+        self.faulted_routes: Counter[tuple[str, str]] = Counter()  # by (kind, route)
         # Called as hook(route, arg) before a route runs, outside the lock: a test can
         # change the state "between" two requests of the client (delete a file, reset).
         self.hooks: list[Callable[[str, Any], None]] = []
@@ -387,6 +392,7 @@ class FakeDropbox:
             "files/move_batch_v2": ("rpc", True, self._move_batch),
             "files/move_batch/check_v2": ("rpc", True, self._move_batch_check),
             "files/delete_v2": ("rpc", True, self._delete),
+            "users/get_current_account": ("rpc", True, self._get_current_account),
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -604,8 +610,13 @@ class FakeDropbox:
         status: int = 500,
         routes: list[str] | None = None,
         probability: float = 1.0,
+        retry_after: int | None = None,
     ) -> None:
-        self._add_fault(Fault("server_error", _routes(routes), count, probability, status=status))
+        """Answer `status` (5xx, plain text) `count` times; with `retry_after`, a
+        `Retry-After` header too (Dropbox's 503 when it sheds load)."""
+        self._add_fault(
+            Fault("server_error", _routes(routes), count, probability, retry_after, status=status)
+        )
 
     def lock_contention(self, count: int | None = 1, *, routes: list[str] | None = None) -> None:
         """Write routes answer 409 with their `too_many_write_operations` error."""
@@ -622,6 +633,11 @@ class FakeDropbox:
         """Reset the connection (TCP RST, no answer) instead of answering, `count` times
         (None: forever, each with `probability`). The request is not carried out."""
         self._add_fault(Fault("reset", _routes(routes), count, probability))
+
+    def reseed(self, seed: int) -> None:
+        """Start the random draws of probabilistic faults again from `seed`."""
+        with self._cond:
+            self._random.seed(seed)
 
     def clear_faults(self) -> None:
         with self._cond:
@@ -657,6 +673,7 @@ class FakeDropbox:
             if fault.kind != "slow" and (fault.kind != "lock" or route in LOCK_ERRORS):
                 with self._cond:
                     self.faulted[fault.kind] += 1
+                    self.faulted_routes[(fault.kind, route)] += 1
             if fault.kind == "rate_limit":
                 headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
                 if fault.body == "text":
@@ -668,7 +685,8 @@ class FakeDropbox:
                     {"error_summary": f"{fault.reason}/..", "error": error}, 429, headers
                 )
             if fault.kind == "server_error":
-                return text_reply(fault.status, "Internal Server Error")
+                retry = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
+                return text_reply(fault.status, "Internal Server Error", retry)
             if fault.kind == "lock" and route in LOCK_ERRORS:
                 error = LOCK_ERRORS[route]
                 return json_reply({"error_summary": summary_of(error), "error": error}, 409)
@@ -706,15 +724,44 @@ class FakeDropbox:
                 arg = json.loads(body.decode() or "null")
             else:
                 arg = json.loads(headers.get("dropbox-api-arg", "null"))
+            namespace = self.namespaces.resolve(headers.get("dropbox-api-path-root"))
+            if isinstance(namespace, dict):  # a root the account does not have
+                return json_reply({"error_summary": summary_of(namespace), "error": namespace}, 422)
+            arg = self._enter_namespace(arg, *namespace)
             for hook in list(self.hooks):
                 hook(route, arg)
             if route == "files/move_batch_v2":
-                return self._move_batch(arg, body, contended)
-            return handler(arg, body)
+                return self._leave_namespace(self._move_batch(arg, body, contended), *namespace)
+            return self._leave_namespace(handler(arg, body), *namespace)
         except Failure as failure:
             return failure.reply
         except (ValueError, KeyError, TypeError) as exc:
             return text_reply(400, f'Error in call to API function "{route}": bad argument {exc}')
+
+    def _enter_namespace(self, arg: Any, namespace_id: str, prefix: str) -> Any:
+        """The request's paths into the tree; its cursor checked against the namespace."""
+        arg = self.namespaces.into(arg, prefix)
+        if isinstance(arg, dict) and isinstance(arg.get("cursor"), str):
+            cursor = self.namespaces.untag_cursor(arg["cursor"], namespace_id)
+            if cursor is None:
+                raise route_error({".tag": "reset"})
+            arg = {**arg, "cursor": cursor}
+        return arg
+
+    def _leave_namespace(self, reply: Reply, namespace_id: str, prefix: str) -> Reply:
+        """The answer's paths back into the namespace, its cursor tagged with it."""
+        if reply.status != 200:
+            return reply
+        result = reply.headers.get("Dropbox-API-Result")
+        if result is not None:
+            value = self.namespaces.out(json.loads(result), prefix)
+            reply.headers["Dropbox-API-Result"] = json.dumps(value)
+        if reply.content_type == JSON and reply.body:
+            value = self.namespaces.out(json.loads(reply.body), prefix)
+            if isinstance(value, dict) and isinstance(value.get("cursor"), str):
+                value["cursor"] = self.namespaces.tag_cursor(value["cursor"], namespace_id)
+            reply.body = json.dumps(value).encode()
+        return reply
 
     def _check_auth(self, route: str, headers: dict[str, str]) -> None:
         header = headers.get("authorization", "")
@@ -1057,6 +1104,9 @@ class FakeDropbox:
             return json_reply(answer)
 
     # ------------------------------------------------------------------ files
+
+    def _get_current_account(self, arg: Any, body: bytes) -> Reply:
+        return json_reply(self.namespaces.account())
 
     def _get_metadata(self, arg: dict[str, Any], body: bytes) -> Reply:
         if arg["path"] == "":

@@ -312,6 +312,20 @@ def test_rate_limits_become_rate_limited_error(
     assert isinstance(dropbox_storage.relocate_many([file], Area.ARCHIVE)[0], RateLimitedError)
 
 
+def test_a_503_with_retry_after_is_a_rate_limit(
+    fake_dropbox: FakeDropbox, storage_factory: StorageFactory
+) -> None:
+    storage = storage_factory(settings=DropboxSettings(timeout=5, max_retries_on_error=0))
+    fake_dropbox.server_errors(1, status=503, retry_after=3, routes=["files/upload"])
+    with pytest.raises(RateLimitedError, match="busy") as caught:
+        storage.write(Area.OUTPUT, "x.png", b"x")
+    assert caught.value.retry_after == 3
+    fake_dropbox.server_errors(1, status=503, routes=["files/upload"])  # no Retry-After
+    with pytest.raises(TransientError) as plain:
+        storage.write(Area.OUTPUT, "x.png", b"x")
+    assert not isinstance(plain.value, RateLimitedError)
+
+
 def test_sdk_retries_rate_limits_when_configured(
     fake_dropbox: FakeDropbox, storage_factory: StorageFactory
 ) -> None:

@@ -16,7 +16,7 @@ from daemon.config import Settings
 from daemon.errors import AuthError, RateLimitedError, TransientError
 from daemon.ledger import Ledger
 from daemon.metrics import MetricsServer
-from daemon.models import ChangeBatch, Cutout, EngineJob, ItemStatus, SubmittedJob
+from daemon.models import ChangeBatch, Cutout, EncodedCutout, EngineJob, ItemStatus, SubmittedJob
 from daemon.secrets import register_secret
 from daemon.service import Service
 from daemon.storage.local import LocalStorage
@@ -116,6 +116,9 @@ def test_scrape_counts_outcomes_retries_and_latencies(
     assert samples[("cutoutd_in_flight", ())] == 0
     assert samples[("cutoutd_pending", ())] == 0
     assert samples[("cutoutd_last_successful_poll_timestamp_seconds", ())] > 1.7e9
+    assert samples[("cutoutd_spool_bytes", ())] == 0  # every result written out
+    service.spool.save(99, "job-99", EncodedCutout(b"x" * 1234, "Adobe job job-99"))
+    assert scrape(server)[("cutoutd_spool_bytes", ())] == 1234
 
 
 def test_scrape_says_what_runs_the_local_model(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tests.e2e.conftest import run_cutoutd
 from tests.fakes.dropbox_server import FakeDropbox
 from tests.fakes.photoshop_server import FakePhotoshop
 from tests.reliability.harness import (
+    ROOT,
     Daemon,
     Figures,
     check_dropbox_state,
@@ -29,9 +31,11 @@ from tests.reliability.harness import (
     ledger_events,
     ledger_rows,
     local_sections,
+    merge,
     put_shots,
     report,
     shots,
+    wait_until,
     write_config,
     write_shots,
 )
@@ -48,6 +52,14 @@ def _seed() -> int:
     seed = _setting("CUTOUTD_CRASH_SEED", random.randrange(1_000_000))
     print(f"CUTOUTD_CRASH_SEED={seed}")
     return seed
+
+
+def _received(ledger: Path) -> int:
+    """`result_received` events so far (0 while the ledger is not there yet)."""
+    try:
+        return sum(1 for event in ledger_events(ledger) if event["event"] == "result_received")
+    except sqlite3.OperationalError:
+        return 0
 
 
 def _claims(ledger: Path) -> int:
@@ -120,3 +132,50 @@ def test_sigkill_local_folder_local_engine(tmp_path: Path) -> None:
     assert final.returncode == 0, final.stderr[-4000:]
     assert not problems, problems
     assert figures.lost_inputs == figures.duplicate_outputs == figures.non_terminal == 0
+
+
+def test_sigkill_between_result_received_and_output_written(
+    dropbox: FakeDropbox, adobe: FakePhotoshop, tmp_path: Path
+) -> None:
+    """Every upload hangs, so each image stops after Adobe's result was received; the daemon
+    is SIGKILLed there. The restart writes every output from the spool: no new submission.
+    Adobe's result URLs live 1 s, so a result not kept could not even be fetched again."""
+    count = 6
+    adobe.result_ttl = 1.0
+    batch = shots(count, prefix="spooled", seed=21)
+    put_shots(dropbox, batch)
+    ledger = tmp_path / "ledger.sqlite3"
+    sections = merge(dropbox_sections(ledger, adobe), {"dropbox": {"timeout": 60}})
+    config = write_config(tmp_path / "cutoutd.toml", sections)
+    env = environment(dropbox, adobe)
+    dropbox.slow(8.0, routes=["files/upload"])  # longer than the wait below, short of timeout
+
+    daemon = Daemon(config, env, tmp_path / "logs").start()
+    wait_until(
+        lambda: _received(ledger) == count,
+        60,
+        daemon=daemon,
+        what="every result received",
+    )
+    daemon.kill()
+    submitted_before = sum(adobe.submissions_by_name().values())
+    written_before = len(dropbox.files_under(f"{ROOT}/output"))
+    dropbox.clear_faults()
+    final = run_cutoutd("--config", str(config), "run", "--once", env=env, timeout=240)
+
+    rows = ledger_rows(ledger)
+    figures = Figures("crash_between_result_and_output", count, kills=1, kills_while_running=1)
+    problems = check_dropbox_state(dropbox, rows, batch, figures)
+    per_name = adobe.submissions_by_name()
+    figures.engine_submissions = sum(per_name.values())
+    figures.duplicate_submissions = sum(n - 1 for n in per_name.values() if n > 1)
+    figures.extra.update(
+        outputs_before_restart=written_before,
+        results_from_spool=final.stderr.count('"cutout.from_spool"'),
+        new_submissions_after_restart=figures.engine_submissions - submitted_before,
+    )
+    report(figures)
+    assert final.returncode == 0, final.stderr[-4000:]
+    assert not problems, problems
+    assert submitted_before == count and figures.extra["new_submissions_after_restart"] == 0
+    assert figures.extra["results_from_spool"] == count - written_before

@@ -31,6 +31,7 @@ from tests.fakes.dropbox_server import FakeDropbox
 from tests.fakes.photoshop_server import FakePhotoshop
 from tests.reliability.harness import (
     ROOT,
+    SMALL,
     Daemon,
     Figures,
     Sections,
@@ -523,3 +524,101 @@ def test_revoked_credentials_stop_the_daemon(
     problems = rig.conclude(figures, stop=False)
     report(figures)
     assert not problems, problems
+
+
+# -- Dropbox write limits on uploads and moves, `run --once` (issue 11) --------------------------
+
+UPLOAD = "files/upload"
+MOVES = ("files/move_batch_v2", "files/move_v2", "files/move_batch/check_v2")
+WRITE_LIMIT_IMAGES = 16
+LOCAL_SIZE = (160, 120)  # the local model's masks get coarse at the default 96x72
+
+
+@dataclass(frozen=True)
+class WriteLimits:
+    engine: str
+    probability: float
+    routes: tuple[str, ...] = (UPLOAD, *MOVES)
+    rate_limit_wait: float = 60.0  # the default: every 429 is waited out in place
+    seed: int = 0
+
+    def __str__(self) -> str:
+        wait = "" if self.rate_limit_wait == 60.0 else "_given_back"
+        return f"{self.engine}_{int(self.probability * 100)}pct{wait}"
+
+
+WRITE_LIMITS = [
+    WriteLimits("photoshop", 0.1, seed=3),
+    WriteLimits("photoshop", 0.2, seed=20),
+    WriteLimits("local", 0.1, seed=10),
+    WriteLimits("local", 0.2, seed=20),
+    # a wait shorter than Retry-After: every 429 on an upload gives the claim back, and the
+    # next claim writes the result kept in the spool (the issue's double-billing case)
+    WriteLimits("photoshop", 0.2, routes=(UPLOAD,), rate_limit_wait=0.5, seed=20),
+]
+
+
+@pytest.mark.parametrize("case", WRITE_LIMITS, ids=str)
+def test_dropbox_write_limits_with_run_once(
+    case: WriteLimits, dropbox: FakeDropbox, adobe: FakePhotoshop, tmp_path: Path
+) -> None:
+    """10-20 % of uploads and moves answer 429 with Retry-After 1. Adobe's result URLs
+    live 1 s here, so an image that threw its result away and came back after the
+    Retry-After would have to be submitted (and paid for) again: the spool prevents it."""
+    ledger = tmp_path / "ledger.sqlite3"
+    photoshop = adobe if case.engine == "photoshop" else None
+    adobe.result_ttl = 1.0
+    sections = merge(
+        dropbox_sections(ledger, photoshop), {"retry": {"rate_limit_wait": case.rate_limit_wait}}
+    )
+    config = write_config(tmp_path / "cutoutd.toml", sections)
+    size = LOCAL_SIZE if photoshop is None else SMALL
+    batch = shots(WRITE_LIMIT_IMAGES, prefix=f"w{case.engine}", seed=11, size=size)
+    put_shots(dropbox, batch)
+    dropbox.reseed(case.seed)
+    for route in case.routes[:2]:  # the first upload and batch move are always among them
+        dropbox.rate_limit(1, retry_after=1, routes=[route])
+    dropbox.rate_limit(None, retry_after=1, routes=list(case.routes), probability=case.probability)
+    started = time.monotonic()
+    result = run_cutoutd(
+        "--config", str(config), "run", "--once", env=environment(dropbox, photoshop), timeout=300
+    )
+    figures = Figures(f"write_limits_{case}", len(batch))
+    figures.seconds = round(time.monotonic() - started, 2)
+    rows = ledger_rows(ledger)
+    problems = check_dropbox_state(dropbox, rows, batch, figures)  # archived when it returned
+    per_name = adobe.submissions_by_name()
+    events = event_counts(ledger)
+    served = {
+        route: n for (kind, route), n in dropbox.faulted_routes.items() if kind == "rate_limit"
+    }
+    figures.engine_submissions = sum(per_name.values())
+    figures.duplicate_submissions = sum(n - 1 for n in per_name.values() if n > 1)
+    figures.claims = events["claimed"]
+    figures.extra.update(
+        engine=case.engine,
+        rate_limited_share=case.probability,
+        rate_limit_wait=case.rate_limit_wait,
+        dropbox_429s=dropbox.faulted["rate_limit"],
+        faulted_route_calls=sum(dropbox.counts[route] for route in case.routes),
+        upload_429s=served.get(UPLOAD, 0),
+        move_429s=sum(served.get(route, 0) for route in MOVES),
+        waits_in_place=result.stderr.count('"storage.rate_limited"'),
+        move_batch_calls=dropbox.counts["files/move_batch_v2"],
+        released=events["released"],
+        retries=events["retry_scheduled"],
+        results_from_spool=events["result_from_spool"],
+        exit_code=result.returncode,
+    )
+    report(figures)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not problems, problems
+    assert figures.extra["upload_429s"] > 0
+    assert figures.extra["move_429s"] > 0 or case.routes == (UPLOAD,)
+    assert figures.duplicate_submissions == 0
+    if photoshop is not None:
+        assert figures.engine_submissions == len(batch)
+    if case.rate_limit_wait < 1:
+        assert events["released"] > 0 and events["result_from_spool"] == events["released"]
+    assert events["retry_scheduled"] == 0  # never the image's backoff
+    assert all(row["attempts"] == 1 for row in rows)  # never its attempts

@@ -34,6 +34,7 @@ DROPBOX_ADAPTER = (
     "daemon.storage.dropbox",
     "daemon.storage.dropbox_errors",
     "daemon.storage.dropbox_auth",
+    "daemon.storage.dropbox_namespace",
 )
 
 
@@ -61,6 +62,7 @@ def test_the_package_and_its_imports_are_found() -> None:
         # the adapter's helpers are reached only through daemon.storage.dropbox
         ("daemon.storage.dropbox_errors", DROPBOX_ADAPTER),
         ("daemon.storage.dropbox_auth", DROPBOX_ADAPTER),
+        ("daemon.storage.dropbox_namespace", DROPBOX_ADAPTER),
         # the builders serve the composition root and the commands, nothing else
         ("daemon.compose", ("daemon.service", "daemon.cli")),
         ("sqlalchemy", ("daemon.ledger",)),
@@ -89,6 +91,9 @@ def test_the_core_does_not_import_adapters() -> None:
     core = (
         "daemon.pipeline",
         "daemon.relocation",
+        "daemon.results",
+        "daemon.spool",
+        "daemon.inplace_retry",
         "daemon.models",
         "daemon.errors",
         "daemon.config",

@@ -214,12 +214,17 @@ def test_crash_recovery_resets_processing(make_service: MakeService, root: Path)
 
 
 @pytest.mark.parametrize(
-    "error",
-    [UnreachableError("cannot reach Dropbox (ConnectionError)"), RateLimitedError("429", 0.01)],
+    ("error", "attempts"),
+    [
+        # held at max_attempts - 1 while unreachable, then one more
+        (UnreachableError("cannot reach Dropbox (ConnectionError)"), 3),
+        # given back each time: the attempt is never spent
+        (RateLimitedError("429", 0.01), 1),
+    ],
     ids=["unreachable", "rate_limited"],
 )
 def test_service_wide_trouble_never_uses_up_the_last_attempt(
-    make_service: MakeService, root: Path, error: TransientError
+    make_service: MakeService, root: Path, error: TransientError, attempts: int
 ) -> None:
     write_shape(root / "input" / "a.jpg")
     engine = ChromaKeyEngine()
@@ -228,7 +233,7 @@ def test_service_wide_trouble_never_uses_up_the_last_attempt(
     summary = service.run_once()
     assert summary.counts == {ItemStatus.SUCCEEDED: 1}
     [item] = service.ledger.list_items()
-    assert item.attempts == 3  # held at max_attempts - 1 while unreachable, then one more
+    assert item.attempts == attempts
 
 
 def test_ledger_failure_at_the_outcome_puts_the_item_back(
