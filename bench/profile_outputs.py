@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/profile_outputs.py [--images 12] [--side 2000]
 
-Generates `--images` synthetic `--side` px product shots (bench/local_engine.py's
+Generates `--images` synthetic `--side` px product shots (bench/inputs.py's
 `product_shot`, JPEG q90). For each image, one at a time on one thread (the local engine
 with one single-threaded model run, so process CPU time is this image's alone):
 
@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.local_engine import job_for, product_shot
+from bench.inputs import job_for, product_shot
 from daemon.engines.local import LocalEngine
 from daemon.models import Cutout, OutputFormat, OutputSpec, Padding
 from daemon.rendering import render

@@ -269,6 +269,7 @@ def waiting(counts: dict[ItemStatus, int]) -> int:
 
 
 def command_check(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.compose import describe_engine
     from daemon.service import Service
 
     service = Service(settings)
@@ -289,10 +290,12 @@ def command_check(settings: Settings, args: argparse.Namespace) -> int:
         for engine in service.engines:
             engine.start()
         counts = service.ledger.counts()
+        hardware = [describe_engine(engine) for engine in service.engines]
     finally:
         service.close()
     print(f"folders: {service.storage.describe()}: input/ output/ archive/ failed/ ready")
-    print(f"engine:  {', '.join(settings.engine_kinds)}: ready")
+    for kind, runs_on in zip(settings.engine_kinds, hardware, strict=True):
+        print(f"engine:  {kind}: ready{f' on {runs_on}' if runs_on else ''}")
     for profile in settings.profiles:
         outputs = ", ".join(f"{s.folder or '.'}/*.{s.format.extension}" for s in profile.outputs)
         print(f"profile: {profile.name}: {', '.join(profile.match)} -> {outputs}")

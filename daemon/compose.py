@@ -87,7 +87,15 @@ def build_engine(settings: Settings, stop: threading.Event, kind: str | None = N
         max_pixels=engine.max_pixels,
         model_runs=engine.model_runs or None,
         idle_release=engine.idle_release or None,
+        device=engine.device,
     )
+
+
+def describe_engine(engine: Engine) -> str:
+    """What runs the model, for `cutoutd check`: the local engine's runtime, device,
+    precision and threads; empty for an engine that does not say."""
+    describe = getattr(engine, "describe", None)
+    return str(describe()) if callable(describe) else ""
 
 
 def build_other_engines(settings: Settings, stop: threading.Event) -> dict[str, Engine]:
@@ -105,9 +113,9 @@ def worker_count(settings: Settings) -> int:
 def build_metrics(settings: Settings, engine: Engine) -> Metrics | None:
     if not settings.http.enabled:
         return None
-    from daemon.metrics import Metrics, engine_rate_limit_reader
+    from daemon.metrics import Metrics, engine_hardware_reader, engine_rate_limit_reader
 
-    return Metrics(engine.name, engine_rate_limit_reader(engine))
+    return Metrics(engine.name, engine_rate_limit_reader(engine), engine_hardware_reader(engine))
 
 
 def build_thumbnails(settings: Settings) -> Thumbnails | None:

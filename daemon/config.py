@@ -50,6 +50,7 @@ class EngineSettings:
     max_pixels: int = 50_000_000
     model_runs: int = 0  # 0: automatic, min(workers, cores, 2)
     idle_release: float = 10.0  # 0: keep the model's working memory while idle
+    device: str = "auto"  # "auto": CUDA when onnxruntime-gpu can use it, else the CPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,7 @@ def _read_engine(data: Mapping[str, Any], problems: list[str]) -> EngineSettings
         max_pixels=r.get("max_pixels", 50_000_000, int, at_least_one),
         model_runs=r.get("model_runs", 0, int, non_negative),
         idle_release=r.get("idle_release", 10.0, float, non_negative),
+        device=r.choice("device", "auto", ("auto", "cpu", "cuda")),
     )
     r.finish()
     return settings

@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 # Alpha at or below this counts as transparent when trimming (a faint halo is not subject).
 TRIM_ALPHA_THRESHOLD = 8
-# zlib level 6, Pillow's default and what `rembg` writes. On 1024 px cutouts of noisy photos
-# (bench/local_engine.py's inputs) it takes 68 ms for 195 KB; level 5 46 ms for +5 %, level 4
+# zlib level 6, Pillow's default and what `rembg` writes. On 1024 px cutouts of noisy shots
+# (bench/inputs.py's product shots) it takes 68 ms for 195 KB; level 5 46 ms for +5 %, level 4
 # 37 ms for +9 %, level 3 34 ms for +23 %. Encoding is ~12 % of the engine's CPU per image.
 PNG_COMPRESS_LEVEL = 6
 # WebP method 4 (libwebp's default) at quality 90: half the bytes of method 0 for twice its

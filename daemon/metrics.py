@@ -11,11 +11,12 @@ so the pipeline itself stays free of vendor imports.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -48,6 +49,39 @@ class _RateLimitedCollector(Collector):
         yield family
 
 
+class _HardwareCollector(Collector):
+    """`cutoutd_engine_hardware{runtime,provider,device,precision,threads,model_runs} 1`:
+    what runs the local model, once the engine has started (nothing before, nor for a
+    remote engine)."""
+
+    def __init__(self, engine: str, read: Callable[[], dict[str, str] | None]) -> None:
+        self.engine = engine
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        hardware = self.read()
+        if hardware is None:
+            return
+        labels = ["engine", *hardware]
+        family = GaugeMetricFamily(
+            "cutoutd_engine_hardware", "What runs the model (always 1)", labels=labels
+        )
+        family.add_metric([self.engine, *hardware.values()], 1.0)
+        yield family
+
+
+def engine_hardware_reader(engine: object) -> Callable[[], dict[str, str] | None]:
+    """The engine's `hardware` (a dataclass) as label values, read at scrape time."""
+
+    def read() -> dict[str, str] | None:
+        hardware = getattr(engine, "hardware", None)
+        if not dataclasses.is_dataclass(hardware) or isinstance(hardware, type):
+            return None
+        return {key: str(value) for key, value in dataclasses.asdict(hardware).items()}
+
+    return read
+
+
 def engine_rate_limit_reader(engine: object) -> Callable[[], int] | None:
     """The engine's own 429 count, when it keeps one (`stats().rate_limited`)."""
     stats = getattr(engine, "stats", None)
@@ -59,7 +93,12 @@ def engine_rate_limit_reader(engine: object) -> Callable[[], int] | None:
 class Metrics:
     """Every metric cutoutd exports, on one private registry."""
 
-    def __init__(self, engine: str, rate_limited: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        engine: str,
+        rate_limited: Callable[[], int] | None = None,
+        hardware: Callable[[], dict[str, str] | None] | None = None,
+    ) -> None:
         self.engine = engine
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -102,6 +141,8 @@ class Metrics:
             registry=r,
         )
         r.register(_RateLimitedCollector(engine, rate_limited))
+        if hardware is not None:
+            r.register(_HardwareCollector(engine, hardware))
         for outcome in OUTCOMES:  # zeros from the start: rate() needs a first sample
             self.images.labels(outcome)
             self.end_to_end.labels(outcome)

@@ -136,6 +136,8 @@ class Service:
         self.poll_every = discovery_interval(settings, self.notifier)
         self._workers: list[threading.Thread] = []
         self._claims_failing = threading.Event()  # warn once per ledger outage, not per worker
+        self._engine_start: threading.Thread | None = None
+        self._engine_error: BaseException | None = None
         if self.metrics is not None:
             self.metrics.track_in_flight(lambda: len(self.in_flight))
             self.metrics.track_pending(lambda: self.ledger.counts()[ItemStatus.PENDING])
@@ -143,8 +145,12 @@ class Service:
 
     # -- start-up -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Migrate the ledger, check folders and engine, recover what a stop left behind."""
+    def start(self, *, wait_for_engine: bool = True) -> None:
+        """Migrate the ledger, check folders and engine, recover what a stop left behind.
+        The engine loads (the model: ~0.5 s) in a thread meanwhile; `wait_for_engine=False`
+        leaves it loading, for `engine_started()` to wait on after the first scan."""
+        self._engine_start = threading.Thread(target=self._start_engine, name="engine-start")
+        self._engine_start.start()
         log.info(
             "ledger at %s",
             self.ledger.describe(),
@@ -153,8 +159,8 @@ class Service:
         if self.ledger.migrate():
             log.info("ledger schema upgraded", extra=context("ledger.migrated"))
         self.storage.ensure_layout()
-        for engine in self.engines:
-            engine.start()
+        if wait_for_engine:
+            self.engine_started()
         if self.thumbnails is not None:
             self.thumbnails.start()
         if self.alerts is not None:
@@ -169,6 +175,20 @@ class Service:
             )
         self.pipeline.relocate_pending()
 
+    def _start_engine(self) -> None:
+        try:
+            for engine in self.engines:
+                engine.start()
+        except BaseException as exc:  # re-raised in the caller's thread by engine_started()
+            self._engine_error = exc
+
+    def engine_started(self) -> None:
+        """Wait for the engine started by `start()`; raise what it raised."""
+        if self._engine_start is not None:
+            self._engine_start.join()
+        if self._engine_error is not None:
+            raise self._engine_error
+
     def _open_spool(self) -> None:
         """Results kept for rows that are still to finish stay; the rest go."""
         self.spool.open()
@@ -182,6 +202,8 @@ class Service:
     def close(self) -> None:
         if self.alerts is not None:
             self.alerts.close()
+        if self._engine_start is not None:
+            self._engine_start.join()
         for engine in self.engines:
             engine.close()
         self.storage.close()
@@ -369,10 +391,11 @@ class Service:
     def run_once(self) -> RunSummary:
         """Take every image present to a terminal state, then return."""
         started = datetime.now(UTC)
-        self.start()
+        self.start(wait_for_engine=False)
         failures = 0
         while not self.stop.is_set():
             settling = self.discover()
+            self.engine_started()  # the first scan ran while the model loaded
             failures = failures + 1 if settling is None else 0
             if failures > self.settings.retry.max_attempts:
                 raise TransientError(f"storage unavailable after {failures - 1} retries")

@@ -92,3 +92,26 @@ class ChromaKeyEngine:
         distance = np.abs(pixels - pixels[0, 0]).sum(axis=2)
         alpha = np.where(distance > 60, 255, 0).astype(np.uint8)
         return Cutout(image, Image.fromarray(alpha, "L"))
+
+
+REMBG_MEAN, REMBG_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PHOTOS = Path(__file__).parent / "fixtures" / "photos"  # real photos, see its README
+
+
+def rembg_normalize(image: Image.Image) -> np.ndarray:
+    """rembg 2.0.86's `BaseSession.normalize` for u2netp, as it is written there."""
+    im = image.convert("RGB").resize((320, 320), Image.Resampling.LANCZOS)
+    ary = np.array(im)
+    ary = ary / max(np.max(ary), 1e-6)
+    tmp = np.zeros((ary.shape[0], ary.shape[1], 3))
+    for channel in range(3):
+        tmp[:, :, channel] = (ary[:, :, channel] - REMBG_MEAN[channel]) / REMBG_STD[channel]
+    return np.expand_dims(tmp.transpose((2, 0, 1)), 0).astype(np.float32)
+
+
+def rembg_mask(prediction: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """rembg 2.0.86's `U2netpSession.predict` after the model, as it is written there."""
+    pred = prediction[:, 0, :, :]
+    pred = np.squeeze((pred - np.min(pred)) / (np.max(pred) - np.min(pred)))
+    mask = Image.fromarray((pred * 255).astype("uint8"), mode="L")
+    return mask.resize(size, Image.Resampling.LANCZOS)

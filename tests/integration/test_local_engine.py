@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from daemon.engines.base import Engine
 from daemon.engines.local import INSTALL_HINT, LocalEngine, ModelGate, available_cores
+from daemon.engines.onnx_session import CPU
 from daemon.errors import EngineUnavailableError, ItemGoneError, PermanentItemError
 from daemon.models import (
     CutoutOptions,
@@ -33,6 +34,7 @@ from daemon.models import (
     SubmittedJob,
 )
 from daemon.rendering import render
+from tests.helpers import PHOTOS, rembg_mask, rembg_normalize
 
 pytest.importorskip("onnxruntime", reason="the local engine needs the `local` extra")
 
@@ -107,6 +109,39 @@ def cut(engine: LocalEngine) -> Callable[..., Image.Image]:
         return decoded(render(result, OutputSpec.from_options(options or CutoutOptions())))
 
     return run
+
+
+def test_says_what_runs_the_model(engine: LocalEngine) -> None:
+    hardware = engine.hardware
+    assert hardware is not None
+    assert hardware.runtime.startswith("onnxruntime ")
+    assert (hardware.provider, hardware.device, hardware.precision) == (CPU, "cpu", "fp32")
+    assert (hardware.model_runs, hardware.threads) == (engine.model_runs, engine.threads)
+    assert engine.describe() == hardware.line()
+
+
+def rembg_fp32_mask(photo: Image.Image) -> np.ndarray:
+    """rembg's u2netp path on a default onnxruntime session: all cores, fp32."""
+    import onnxruntime
+
+    from daemon.engines.local import MODELS, locate_model
+
+    session = onnxruntime.InferenceSession(
+        str(locate_model(MODELS["u2netp"])), providers=["CPUExecutionProvider"]
+    )
+    feeds = {session.get_inputs()[0].name: rembg_normalize(photo)}
+    return np.asarray(rembg_mask(session.run(None, feeds)[0], photo.size), dtype=np.int16)
+
+
+@pytest.mark.parametrize("photo", sorted(PHOTOS.glob("*.jpg")), ids=lambda path: path.stem)
+def test_masks_on_real_photos_agree_with_the_fp32_reference(engine: LocalEngine, photo) -> None:
+    data = photo.read_bytes()
+    ours = np.asarray(engine.cut_out(job(data)).alpha)
+    theirs = rembg_fp32_mask(decoded(data))
+    union = ((ours >= 128) | (theirs >= 128)).sum()
+    assert union > 0.01 * ours.size  # a real subject, not an empty mask
+    assert ((ours >= 128) & (theirs >= 128)).sum() / union >= 0.99
+    assert np.abs(ours.astype(np.int16) - theirs).mean() < 1.0
 
 
 def test_is_an_engine_without_links(engine: LocalEngine) -> None:

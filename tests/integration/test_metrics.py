@@ -121,6 +121,29 @@ def test_scrape_counts_outcomes_retries_and_latencies(
     assert scrape(server)[("cutoutd_spool_bytes", ())] == 1234
 
 
+def test_scrape_says_what_runs_the_local_model(
+    make_service: MakeService, servers: list[WebServer]
+) -> None:
+    pytest.importorskip("onnxruntime", reason="the local engine needs the `local` extra")
+    from daemon.engines.local import LocalEngine
+
+    engine = LocalEngine(workers=2, model_runs=2, threads=1, device="cpu")
+    service = make_service(engine, http=HTTP_ON)
+    server = serve(service, servers)
+    assert not [key for key in scrape(server) if key[0] == "cutoutd_engine_hardware"]
+
+    service.run_once()  # starts the engine; no images
+
+    hardware = [key for key in scrape(server) if key[0] == "cutoutd_engine_hardware"]
+    assert len(hardware) == 1
+    labels = dict(hardware[0][1])
+    assert labels["runtime"].startswith("onnxruntime ")
+    expected = {"provider": "CPUExecutionProvider", "device": "cpu", "precision": "fp32"}
+    expected |= {"threads": "1", "model_runs": "2", "engine": "local"}
+    assert {key: labels[key] for key in expected} == expected
+    engine.close()
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0

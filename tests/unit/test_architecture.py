@@ -67,7 +67,7 @@ def test_the_package_and_its_imports_are_found() -> None:
         ("daemon.compose", ("daemon.service", "daemon.cli")),
         ("sqlalchemy", ("daemon.ledger",)),
         ("alembic", ("daemon.ledger",)),
-        ("onnxruntime", ("daemon.engines.local",)),
+        ("onnxruntime", ("daemon.engines.onnx_session",)),
         ("wcmatch", ("daemon.profiles",)),
         ("daemon.cli", ()),
         # the web stack stays inside daemon.web, which only the builders start

@@ -120,7 +120,7 @@ def test_every_problem_reported_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings({
             "source": {"kind": "ftp", "poll_interval": -1, "recursive": "yes"},
-            "engine": {"mode": "blur", "background_color": "white", "workers": 0},
+            "engine": {"mode": "blur", "background_color": "white", "workers": 0, "device": "tpu"},
             "archive": {"policy": "shred"},
             "log": {"level": "LOUD"},
             "bogus": {},
@@ -128,7 +128,7 @@ def test_every_problem_reported_at_once() -> None:
         })  # fmt: skip
     problems = caught.value.problems
     expected = ["source.kind:", "source.poll_interval:", "source.recursive:", "engine.mode:",
-                "engine.background_color:", "engine.workers:", "archive.policy:", "log.level:",
+                "engine.background_color:", "engine.workers:", "engine.device:", "archive.policy:", "log.level:",
                 "bogus: unknown section", "ledger.url:", "ledger.refresh_token: secrets never"]  # fmt: skip
     for prefix in expected:
         assert any(p.startswith(prefix) for p in problems), (prefix, problems)
@@ -137,7 +137,8 @@ def test_every_problem_reported_at_once() -> None:
 
 def test_values_are_parsed() -> None:
     settings = parse_settings({
-        "engine": {"mode": "mask", "output_format": "webp", "trim": True, "background_color": "#FF8000"},
+        "engine": {"mode": "mask", "output_format": "webp", "trim": True, "background_color": "#FF8000",
+                   "device": "cpu"},
         "source": {"poll_interval": 5},
     })  # fmt: skip
     options = settings.engine.options
@@ -148,6 +149,8 @@ def test_values_are_parsed() -> None:
     )
     assert options.background_color == Rgb(255, 128, 0)
     assert settings.source.poll_interval == 5.0
+    assert settings.engine.device == "cpu"
+    assert parse_settings({}).engine.device == "auto"
 
 
 def test_photoshop_with_local_storage_is_refused() -> None:
