@@ -40,8 +40,12 @@ _URL = re.compile(r"https?://[^\s\"'<>]+")
 # A path with a query string but no scheme, as `requests` names it in its errors
 # ("Max retries exceeded with url: /results/x?sig=..."): the query is as secret there.
 _BARE_QUERY = re.compile(r"(?<![\w.~:/%-])(/[^\s\"'<>?]*)\?[^\s\"'<>()]+")
-# A long opaque path segment (the token in a Dropbox temporary link's path) ...
-_OPAQUE_SEGMENT = re.compile(r"(?=[A-Za-z_-]*\d)(?=[\d_-]*[A-Za-z])[A-Za-z0-9_-]{20,}")
+# A long opaque path segment (the token in a Dropbox temporary link's path): 20+ URL-safe
+# characters mixing letters and digits, or 32+ of them whatever they hold (a random token
+# sometimes has no digit at all) ...
+_OPAQUE_SEGMENT = re.compile(
+    r"(?:(?=[A-Za-z_-]*\d)(?=[\d_-]*[A-Za-z])[A-Za-z0-9_-]{20,}|[A-Za-z0-9_-]{32,})"
+)
 # ... unless it is a UUID (a job id), an identifier rather than a secret.
 _UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 

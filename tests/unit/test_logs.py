@@ -67,3 +67,28 @@ def test_tracebacks_are_scrubbed(
     assert "out.png?<redacted>" in err
     if fmt == "json":
         assert "RuntimeError" in json.loads(err)["exc_info"]
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "Kq3vZ8xYw2LmN4pRt6sUa9bC",  # letters and digits
+        "KqvZxYwLmNpRtsUabCdEfGhJkLmNoPqR",  # a long token that happens to hold no digit
+        "abcdefghijklmnopqrstuvwxyz_-ABCDEF",
+    ],
+)
+def test_an_opaque_token_in_a_link_path_is_redacted(token: str) -> None:
+    """A temporary link carries its secret in its path. Random tokens sometimes hold no
+    digit (about 1 in 230 for 32 characters): length alone must be enough to redact."""
+    from daemon.secrets import redact
+
+    text = redact(f"could not fetch https://dl.example.com/tl/{token}/shoe.jpg (403)")
+    assert token not in text
+    assert "https://dl.example.com/tl/<redacted>/shoe.jpg" in text
+
+
+def test_an_ordinary_path_stays_readable() -> None:
+    from daemon.secrets import redact
+
+    text = redact("wrote https://dl.example.com/output/summer/red-shoe_front.png")
+    assert "output/summer/red-shoe_front.png" in text
