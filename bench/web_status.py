@@ -10,7 +10,7 @@ costs the pipeline.
    first results page, latest failures), `/results`, `/api/overview` (the live update)
    and `/failures` (first page).
 2. **Throughput cost**: the real Service with the real local engine (u2netp) takes
-   --images synthetic 1024x1024 product shots (bench/local_engine.py's) through
+   --images synthetic 1024x1024 product shots (bench/inputs.py) through
    `run_once`, with `[http] enabled = false` ("off") and with the page on ("on": the
    server, before/after thumbnails for every output, and one client fetching
    /api/overview every --poll seconds (default 1: five times what an open page polls)
@@ -39,8 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.inputs import product_shot
 from bench.ledger_audit import SPAN, START, cached_ledger, timed
-from bench.local_engine import product_shot
 from daemon import delivery
 from daemon.config import parse_settings
 from daemon.ledger import Ledger
