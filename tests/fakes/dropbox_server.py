@@ -349,6 +349,8 @@ class FakeDropbox:
         # change the state "between" two requests of the client (delete a file, reset).
         self.hooks: list[Callable[[str, Any], None]] = []
         self.requests: list[SeenRequest] = []
+        # access token -> the refresh token it was issued for: which client made a request
+        self.token_owner: dict[str, str] = {}
         self._cond = threading.Condition()
         self._random = random.Random(seed)
         self._nodes: dict[str, Node] = {}
@@ -536,6 +538,27 @@ class FakeDropbox:
                 for lower, n in sorted(self._nodes.items())
                 if n.kind == "file" and lower.startswith(start)
             }
+
+    def requests_of(self, refresh_token: str, since: int = 0) -> list[SeenRequest]:
+        """Requests from `since` on (an index into `requests`) that carried an access token
+        issued for `refresh_token`: what one client among several did."""
+        with self._cond:
+            seen = self.requests[since:]
+            owners = dict(self.token_owner)
+        return [
+            request
+            for request in seen
+            if owners.get(request.headers.get("authorization", "").removeprefix("Bearer "))
+            == refresh_token
+        ]
+
+    @staticmethod
+    def cursor_position(cursor: str) -> tuple[int, int]:
+        """Where a cursor this fake issued stands in the change log, as a key that grows as
+        a client pages and continues: (changes seen up to, offset into the current page)."""
+        raw = cursor.removeprefix("AAF")
+        state = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        return int(state["a"]), int(state["o"])
 
     def reset_cursors(self) -> None:
         """Every cursor handed out so far now answers 409 `reset`."""
@@ -798,7 +821,9 @@ class FakeDropbox:
                     return json_reply(
                         {"error": "invalid_client", "error_description": "bad secret"}, 400
                     )
-                return json_reply(self._new_access_token())
+                issued = self._new_access_token()
+                self.token_owner[issued["access_token"]] = form.get("refresh_token", "")
+                return json_reply(issued)
             if grant == "authorization_code":
                 code = form.get("code", "")
                 if code not in self._codes:
