@@ -556,7 +556,7 @@ class FakeDropbox:
     def cursor_position(cursor: str) -> tuple[int, int]:
         """Where a cursor this fake issued stands in the change log, as a key that grows as
         a client pages and continues: (changes seen up to, offset into the current page)."""
-        raw = cursor.removeprefix("AAF")
+        raw = cursor.rpartition(".")[2].removeprefix("AAF")  # without its namespace tag
         state = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
         return int(state["a"]), int(state["o"])
 
