@@ -195,10 +195,11 @@ class Cluster:
 
     tmp_path: Path
     database_url: str
-    dropbox: FakeDropbox
+    dropbox: FakeDropbox | None
     adobe: FakePhotoshop | None = None
     extra: Sections | None = None
     lease_seconds: float = 4.0
+    base: Sections | None = None  # the sections to start from; default: dropbox_sections()
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -207,7 +208,10 @@ class Cluster:
     # -- configuration
 
     def sections(self, name: str, state: Path, port: int) -> dict[str, dict[str, Any]]:
-        base = dropbox_sections(state / "unused.sqlite3", self.adobe)
+        if self.base is not None:
+            base = merge(self.base, None)
+        else:
+            base = dropbox_sections(state / "unused.sqlite3", self.adobe)
         base["ledger"] = {
             "url": self.database_url,
             "node_id": name,
@@ -218,7 +222,9 @@ class Cluster:
         return merge(base, self.extra)
 
     def environment(self, state: Path, refresh_token: str) -> dict[str, str]:
-        env = {**self.dropbox.daemon_environment(), "DROPBOX_REFRESH_TOKEN": refresh_token}
+        env: dict[str, str] = {}
+        if self.dropbox is not None:
+            env.update(self.dropbox.daemon_environment(), DROPBOX_REFRESH_TOKEN=refresh_token)
         if self.adobe is not None:
             env.update(self.adobe.daemon_environment())
         env["STATE_DIRECTORY"] = str(state)
@@ -230,7 +236,7 @@ class Cluster:
         state = self.tmp_path / name
         state.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        token = self.dropbox.issue_refresh_token()
+        token = self.dropbox.issue_refresh_token() if self.dropbox else ""
         config = write_config(state / "cutoutd.toml", self.sections(name, state, port))
         daemon = Daemon(config, self.environment(state, token), state / "logs")
         node = Node(name, state, port, token, daemon)
@@ -327,6 +333,7 @@ class Cluster:
 
     def dropbox_writes_by(self, node: Node, since: int = 0) -> list[str]:
         """Routes of the writing Dropbox requests `node` made from request index `since` on."""
+        assert self.dropbox is not None
         writes = ("files/upload", "files/move", "files/copy", "files/delete", "files/save_url")
         routes = [r.path.split("?", 1)[0].removeprefix("/2/") for r in
                   self.dropbox.requests_of(node.refresh_token, since)]  # fmt: skip
