@@ -57,5 +57,18 @@ class LostClaimError(CutoutdError):
     """A compare-and-set found someone else's state; drop the item quietly."""
 
 
+class CursorMovedError(CutoutdError):
+    """Another node stored a newer cursor first: this page was rolled back."""
+
+
+class NodeConflictError(CutoutdError):
+    """Another live node uses this node_id: two processes must not share one."""
+
+
+class SchemaMismatchError(TransientError):
+    """The ledger's schema is not the one this code was written for: the node claims
+    nothing until `cutoutd ledger migrate` (or its own upgrade) makes them match."""
+
+
 class EngineUnavailableError(CutoutdError):
     """The configured engine cannot start (missing package, missing model file)."""

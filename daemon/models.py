@@ -266,6 +266,10 @@ class Item:
     finished_at: datetime | None
     archived_at: datetime | None
     archived_path: str | None
+    # Fencing: the token of the claim this copy was handed (every write about it checks it),
+    # and of the claim on its archive move (set when it finished, or taken by the sweep).
+    claim_token: int | None = None
+    move_token: int | None = None
 
     def as_file(self) -> RemoteFile:
         return RemoteFile(

@@ -16,6 +16,7 @@ from daemon.delivery import OutputWriter
 from daemon.engines.base import Engine
 from daemon.errors import (
     AuthError,
+    CursorMovedError,
     CursorResetError,
     ItemGoneError,
     LostClaimError,
@@ -106,7 +107,13 @@ class Pipeline:
                     raise TransientError("cursor keeps resetting") from None
                 cursor = None
                 continue
-            new, gone = self.ledger.record_changes(self.storage.key, batch, self.engine.name)
+            try:
+                new, gone = self.ledger.record_changes(
+                    self.storage.key, batch, self.engine.name, since=cursor
+                )
+            except CursorMovedError as exc:  # another node lists too: its page stands
+                log.info("%s", exc, extra=context("cursor.moved", storage=self.storage.key))
+                break
             added, deleted, settling = added + new, deleted + gone, settling + batch.settling
             cursor = batch.cursor
             if progress is not None:
@@ -175,7 +182,7 @@ class Pipeline:
         """Every output is written and recorded: the revision succeeds, then its input moves."""
         relocate = RELOCATE_FOR_POLICY[self.settings.archive.policy]
         self.ledger.transition(
-            item.id,
+            item,
             PROCESSING,
             ItemStatus.SUCCEEDED,
             "succeeded",
@@ -270,7 +277,7 @@ class Pipeline:
         if output:
             values["output_path"] = output
         try:
-            self.ledger.transition(item.id, PROCESSING, status, status.value, values, reason=reason)
+            self.ledger.transition(item, PROCESSING, status, status.value, values, reason=reason)
         except LostClaimError:
             return
         self.results.forget(item)
@@ -317,7 +324,7 @@ class Pipeline:
             values["attempts"] = min(item.attempts, self.settings.retry.max_attempts - 1)
         try:
             self.ledger.transition(
-                item.id,
+                item,
                 PROCESSING,
                 ItemStatus.PENDING,
                 "retry_scheduled",
@@ -355,7 +362,7 @@ class Pipeline:
             values["next_attempt_at"] = self.ledger.clock() + timedelta(seconds=delay)
         try:
             self.ledger.transition(
-                item.id, PROCESSING, ItemStatus.PENDING, "released", values, reason=reason
+                item, PROCESSING, ItemStatus.PENDING, "released", values, reason=reason
             )
         except LostClaimError:
             return

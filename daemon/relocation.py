@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from daemon.errors import CutoutdError, ItemGoneError, TransientError
+from daemon.errors import CutoutdError, ItemGoneError, LostClaimError, TransientError
 from daemon.ledger import Ledger
 from daemon.logs import context
 from daemon.models import Area, Item
@@ -52,8 +52,8 @@ class Relocator:
         """Finish moves interrupted by a crash or by transient storage trouble. Without
         `wait`, a flush in progress (perhaps waiting out a rate limit) takes them over."""
         with self._queue_lock:
-            for item, target in self.ledger.pending_relocations():
-                self._queue.setdefault(item.id, (item, target))
+            for item, target in self.ledger.claim_relocations():
+                self._queue[item.id] = (item, target)  # with the current move token
         self._flush(wait=wait)
 
     def _flush(self, wait: bool) -> None:
@@ -86,23 +86,39 @@ class Relocator:
             except (TransientError, CutoutdError) as exc:
                 results = [exc] * len(items)
             for item, result in zip(items, results, strict=True):
-                self._record(item, area, result)
+                try:
+                    self._record(item, area, result)
+                except LostClaimError:
+                    self._lost(item)
+
+    def _lost(self, item: Item) -> None:
+        log.info(
+            "lost the move of %s to another node",
+            item.path,
+            extra=context("item.lost_move", path=item.path),
+        )
 
     def _ready_to_move(self, item: Item, target: str) -> bool:
-        """Checks before a move; deletes are done here. True when `item` should move."""
+        """Checks before a move; deletes are done here. True when `item` should move (and
+        this node's move claim on it is still current: another node may have taken it)."""
         try:
+            if not self.ledger.holds_move(item):
+                self._lost(item)
+                return False
             current = self.storage.current_rev(item.path)
             if current is None and target != "delete" and self._found_moved(item, Area(target)):
                 return False
             if current != item.rev:
-                self.ledger.clear_relocation(item.id, "input changed or gone; left in place")
+                self.ledger.clear_relocation(item, "input changed or gone; left in place")
                 return False
             if target != "delete":
                 return True
             self.storage.delete(item.as_file())
-            self.ledger.mark_relocated(item.id, None, "input_deleted")
+            self.ledger.mark_relocated(item, None, "input_deleted")
         except ItemGoneError as exc:
-            self.ledger.clear_relocation(item.id, str(exc))
+            self.ledger.clear_relocation(item, str(exc))
+        except LostClaimError:
+            self._lost(item)
         except CutoutdError as exc:
             self._not_yet(item, exc)
         return False
@@ -115,11 +131,11 @@ class Relocator:
             except CutoutdError as exc:
                 self._not_yet(item, exc)
                 return
-            self.ledger.clear_relocation(item.id, str(result))
+            self.ledger.clear_relocation(item, str(result))
         elif isinstance(result, Exception):
             self._not_yet(item, result)
         else:
-            self.ledger.mark_relocated(item.id, f"{area.value}/{result}", f"moved_to_{area.value}")
+            self.ledger.mark_relocated(item, f"{area.value}/{result}", f"moved_to_{area.value}")
             log.info(
                 "moved %s to %s/%s",
                 item.path,
@@ -129,19 +145,24 @@ class Relocator:
             )
 
     def _not_yet(self, item: Item, error: Exception) -> None:
+        """The move failed for now: give its claim back, for the next sweep to retry."""
         log.warning(
             "cannot move %s yet: %s",
             item.path,
             error,
             extra=context("item.relocate_retry", path=item.path),
         )
+        try:
+            self.ledger.release_move(item)
+        except CutoutdError as exc:  # the ledger is down too: the move lease runs out
+            log.debug("cannot give the move of %s back: %s", item.path, exc)
 
     def _found_moved(self, item: Item, area: Area) -> bool:
         """A move that went through just before a crash: record where it went."""
         moved = self.storage.find_relocated(item.as_file(), area)
         if moved is None:
             return False
-        self.ledger.mark_relocated(item.id, f"{area.value}/{moved}", f"moved_to_{area.value}")
+        self.ledger.mark_relocated(item, f"{area.value}/{moved}", f"moved_to_{area.value}")
         log.info(
             "found %s already moved to %s/%s",
             item.path,

@@ -64,7 +64,7 @@ class Results:
                 item.path,
                 extra=context("cutout.from_spool", path=item.path, rev=item.rev),
             )
-            self.ledger.record_event(item.id, "result_from_spool", bytes=len(result.data))
+            self.ledger.record_event(item, "result_from_spool", bytes=len(result.data))
         return result
 
     def _cut_out(self, item: Item, engine: Engine) -> EngineResult:
@@ -77,7 +77,7 @@ class Results:
         if self.spool is not None and isinstance(result, EncodedCutout) and jobs[-1]:
             self.spool.save(item.id, jobs[-1], result)
         self.ledger.record_event(
-            item.id,
+            item,
             "result_received",
             engine=engine.name,
             seconds=round(time.monotonic() - started, 3),
@@ -92,7 +92,7 @@ class Results:
         )
 
         def record_submission(job: SubmittedJob) -> None:
-            self.ledger.record_submission(item.id, job, resubmitted=jobs[-1] is not None)
+            self.ledger.record_submission(item, job, resubmitted=jobs[-1] is not None)
             jobs.append(job.job_id)
             self.observer.job_submitted(engine)
             log.info(

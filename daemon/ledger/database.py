@@ -22,15 +22,28 @@ BUSY_TIMEOUT_MS = 30_000
 _PG_MIGRATION_LOCK = 0x6375746F  # "cuto"
 
 
-def create_database_engine(url: str, *, writer: bool = True) -> Engine:
+def create_database_engine(url: str, *, writer: bool = True, pool_size: int | None = None) -> Engine:
     """An Engine for `url`. SQLite: WAL, busy timeout, foreign keys, and `BEGIN IMMEDIATE`
-    for writers so two writers queue on the busy timeout instead of deadlocking."""
+    for writers so two writers queue on the busy timeout instead of deadlocking.
+    PostgreSQL: `pool_size` connections kept open (`[ledger] pool_size`; SQLAlchemy's 5
+    when None), as many again opened under bursts; sessions in UTC."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError([f"ledger.url: not a SQLAlchemy URL: {url!r}"]) from None
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True)
+        sizes = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": pool_size}
+        server = create_engine(url, pool_pre_ping=True, future=True, **sizes)
+
+        @event.listens_for(server, "connect")
+        def _utc(dbapi_connection: Any, _record: Any) -> None:
+            # naive UTC values are bound to timestamptz columns: read them as UTC
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET TIME ZONE 'UTC'")
+            cursor.close()
+            dbapi_connection.commit()
+
+        return server
     database = parsed.database or ""
     if database and database != ":memory:":
         _create_private_file(Path(database))

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import ColumnElement, Connection, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from daemon.errors import LostClaimError, PermanentItemError
+from daemon.ledger.claims import claim_fence, is_postgresql
 from daemon.ledger.queries import LedgerReader
-from daemon.ledger.schema import ItemRow, OutputRow
-from daemon.models import OutputRecord
+from daemon.ledger.schema import ItemRow, OutputNameRow, OutputRow
+from daemon.models import Item, ItemStatus, OutputRecord
 
 
 class OutputLedger(LedgerReader):
@@ -18,7 +21,7 @@ class OutputLedger(LedgerReader):
 
     def reserve_output(
         self,
-        item_id: int,
+        item: Item | int,
         path_lower: str,
         slot: int,
         spec: str,
@@ -28,15 +31,30 @@ class OutputLedger(LedgerReader):
     ) -> str:
         """Give output `slot` of this revision the first name no other input owns, atomically.
 
-        A re-run of the same input keeps its names (and overwrites its own outputs). With
-        `fold_case` (Dropbox, which ignores case), a name that differs from another input's
-        output in case only counts as taken: `Shoe.png` would overwrite `shoe.png`. A local
-        folder is case-sensitive: there both names are free.
+        A name's owner is a row of `output_names`, whose key is the name: two inputs can
+        never both own one, however many workers or nodes reserve at once (the loser of an
+        insert race finds the winner's row and tries its next candidate). A re-run of the
+        same input keeps its names (and overwrites its own outputs). With `fold_case`
+        (Dropbox, which ignores case), a name that differs from another input's output in
+        case only counts as taken: `Shoe.png` would overwrite `shoe.png`. A local folder is
+        case-sensitive: there both names are free. Fenced on a claimed Item's token.
         """
+        item_id, fence = claim_fence(item)
         with self.transaction() as connection:
+            if fence:
+                require_claim(connection, item_id, fence)
+            insert_name = pg_insert if is_postgresql(connection) else sqlite_insert
             for candidate in candidates:
                 key = candidate.lower() if fold_case else candidate
-                if _owner(connection, key, path_lower) is not None:
+                connection.execute(
+                    insert_name(OutputNameRow)
+                    .values(name_key=key, owner=path_lower, reserved_at=self.clock())
+                    .on_conflict_do_nothing(index_elements=["name_key"])
+                )
+                owner = connection.scalar(
+                    select(OutputNameRow.owner).where(OutputNameRow.name_key == key)
+                )
+                if owner != path_lower:
                     continue
                 connection.execute(
                     delete(OutputRow).where(OutputRow.item_id == item_id, OutputRow.slot == slot)
@@ -53,9 +71,12 @@ class OutputLedger(LedgerReader):
                 return candidate
         raise PermanentItemError(f"every output name is taken: {', '.join(candidates)}")
 
-    def record_output_written(self, item_id: int, slot: int, size: int) -> None:
-        """The file of output `slot` is whole in output/."""
+    def record_output_written(self, item: Item | int, slot: int, size: int) -> None:
+        """The file of output `slot` is whole in output/. Fenced on a claimed Item's token."""
+        item_id, fence = claim_fence(item)
         with self.transaction() as connection:
+            if fence:
+                require_claim(connection, item_id, fence)
             changed = connection.execute(
                 update(OutputRow)
                 .where(OutputRow.item_id == item_id, OutputRow.slot == slot)
@@ -69,20 +90,23 @@ class OutputLedger(LedgerReader):
             return outputs_of(connection, item_id)
 
 
+def require_claim(
+    connection: Connection, item_id: int, fence: Sequence[ColumnElement[bool]]
+) -> None:
+    """Lock the claimed row (PostgreSQL: until this transaction ends, so no takeover lands
+    in between) or raise LostClaimError if the claim is no longer current."""
+    query = select(ItemRow.id).where(
+        ItemRow.id == item_id, ItemRow.status == ItemStatus.PROCESSING, *fence
+    )
+    if is_postgresql(connection):
+        query = query.with_for_update()
+    if connection.scalar(query) is None:
+        raise LostClaimError(f"item {item_id} is no longer processing under this claim")
+
+
 def outputs_of(connection: Connection, item_id: int) -> list[OutputRecord]:
     """Every output recorded for a revision, by slot."""
     rows = connection.execute(
         select(OutputRow).where(OutputRow.item_id == item_id).order_by(OutputRow.slot)
     )
     return [OutputRecord(r.slot, r.path, r.spec, r.bytes, r.written_at) for r in rows]
-
-
-def _owner(connection: Connection, key: str, path_lower: str) -> str | None:
-    """Another input whose output has the name key `key`."""
-    owner: str | None = connection.scalar(
-        select(ItemRow.path_lower)
-        .join(OutputRow, OutputRow.item_id == ItemRow.id)
-        .where(OutputRow.path_lower == key, ItemRow.path_lower != path_lower)
-        .limit(1)
-    )
-    return owner

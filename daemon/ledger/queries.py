@@ -44,6 +44,8 @@ def to_item(row: Any) -> Item:
         finished_at=row.finished_at,
         archived_at=row.archived_at,
         archived_path=row.archived_path,
+        claim_token=row.claim_token,
+        move_token=row.move_token,
     )
 
 
@@ -59,9 +61,10 @@ class LedgerReader:
         node_id: str = "cli",
         lease_seconds: float = 600.0,
         writer: bool = True,
+        pool_size: int | None = None,
     ) -> None:
         self.url = url
-        self.engine = create_database_engine(url, writer=writer)
+        self.engine = create_database_engine(url, writer=writer, pool_size=pool_size)
         self.clock = clock
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)

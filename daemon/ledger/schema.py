@@ -47,6 +47,23 @@ class ItemRow(Base):
         Index("ix_items_outcome", "status", "finished_at"),
         Index("ix_items_path_ci", text("lower(path)")),
         Index("ix_items_archived_path", "archived_path"),
+        Index("ix_items_claimed_by", "claimed_by", "status"),
+        Index("ix_items_move_claimed_by", "move_claimed_by"),
+        # Never two claims at once on one input, nor (dedupe on) on one content hash.
+        Index(
+            "uq_items_processing_path",
+            "path_lower",
+            unique=True,
+            sqlite_where=text("status = 'processing'"),
+            postgresql_where=text("status = 'processing'"),
+        ),
+        Index(
+            "uq_items_processing_hash",
+            "dedupe_key",
+            unique=True,
+            sqlite_where=text("status = 'processing'"),
+            postgresql_where=text("status = 'processing'"),
+        ),
         Index(
             "ix_items_duplicates",
             "finished_at",
@@ -77,6 +94,13 @@ class ItemRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     archived_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Fencing (0005): a fresh token per claim; every write about the claim checks it.
+    claim_token: Mapped[int | None] = mapped_column(BigInteger)
+    dedupe_key: Mapped[str | None] = mapped_column(String(64))  # content hash while claimed
+    # The archive move has its own claim: `claimed_by` is cleared when the row finishes.
+    move_claimed_by: Mapped[str | None] = mapped_column(String(255))
+    move_token: Mapped[int | None] = mapped_column(BigInteger)
+    move_lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class EventRow(Base):
@@ -145,3 +169,59 @@ class OutputRow(Base):
     spec: Mapped[str | None] = mapped_column(Text)
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     written_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class NodeRow(Base):
+    """One daemon process on this ledger. `instance` tells two processes with one name
+    apart; `expires_at` (heartbeat + lease) is when others may take its claims."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    instance: Mapped[int] = mapped_column(BigInteger)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    schema_revision: Mapped[str] = mapped_column(String(32))  # what its code expects
+    code_version: Mapped[str] = mapped_column(String(64))
+
+
+class LeaseRow(Base):
+    """A named lease (`lister`: the one node that lists, longpolls, writes the cursor and
+    sweeps moves; `submit-pause:<pool>`: Adobe's Retry-After, holder-less)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(255))
+    token: Mapped[int | None] = mapped_column(BigInteger)
+    acquired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SubmitSlotRow(Base):
+    """One submission slot granted by the shared limiter: it counts until `period` after
+    `finished_at`, or, never finished (its node died), until `expires_at`."""
+
+    __tablename__ = "submit_slots"
+    __table_args__ = (Index("ix_submit_slots_pool", "pool", "granted_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool: Mapped[str] = mapped_column(String(64))
+    holder: Mapped[str] = mapped_column(String(255))
+    granted_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class OutputNameRow(Base):
+    """Who owns an output name: the key is the name (folded to lower case on Dropbox), so
+    two inputs can never both hold it."""
+
+    __tablename__ = "output_names"
+
+    name_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    owner: Mapped[str] = mapped_column(Text)  # the input's items.path_lower
+    reserved_at: Mapped[datetime] = mapped_column(UtcDateTime)

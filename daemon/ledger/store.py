@@ -1,8 +1,9 @@
 """The ledger's write side: record discoveries with their cursor, claim, and transition.
 
-Every transition is a compare-and-set (`UPDATE ... WHERE id=:id AND status=:expected`);
-a rowcount other than 1 raises LostClaimError. Each transition appends an event row in
-the same transaction.
+Every transition is a compare-and-set (`UPDATE ... WHERE id=:id AND status=:expected`,
+and, for a claimed `Item`, `AND claim_token=:token`); a rowcount other than 1 raises
+LostClaimError. Each transition appends an event row in the same transaction. Claims,
+fencing and the database clock: see `daemon.ledger.claims`.
 """
 
 from __future__ import annotations
@@ -10,22 +11,34 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import ColumnElement, Connection, delete, exc, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from daemon.errors import LostClaimError
+from daemon.errors import CursorMovedError, LostClaimError, SchemaMismatchError
+from daemon.ledger.claims import (
+    CLAIM_ATTEMPTS,
+    claim_fence,
+    claim_statement,
+    database_now,
+    fresh_token,
+    is_postgresql,
+    later,
+    move_fence,
+)
 from daemon.ledger.database import migrate
-from daemon.ledger.outputs import OutputLedger
+from daemon.ledger.nodes import NodeLedger
+from daemon.ledger.outputs import require_claim
 from daemon.ledger.queries import Clock, to_item, utcnow
 from daemon.ledger.schema import CursorRow, EventRow, ItemRow, NotificationRow
 from daemon.models import ChangeBatch, DeletedEntry, Item, ItemStatus, RemoteFile, SubmittedJob
 
 ACTIVE = (ItemStatus.PENDING, ItemStatus.PROCESSING)
+UNSET: Any = object()  # `record_changes(since=...)` not given: store the cursor unchecked
 
 
 def default_ledger_url(source_kind: str, root: str) -> str:
@@ -54,8 +67,11 @@ def default_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Ledger(OutputLedger):
-    """Durable state of every input revision. Safe to share between threads."""
+class Ledger(NodeLedger):
+    """Durable state of every input revision. Safe to share between threads.
+
+    `dedupe`: never two claims at once on one content hash (`[source] dedupe = "content"`).
+    """
 
     def __init__(
         self,
@@ -64,6 +80,8 @@ class Ledger(OutputLedger):
         clock: Clock = utcnow,
         node_id: str | None = None,
         lease_seconds: float = 600.0,
+        dedupe: bool = False,
+        pool_size: int | None = None,
     ) -> None:
         super().__init__(
             url,
@@ -71,7 +89,9 @@ class Ledger(OutputLedger):
             node_id=node_id or default_node_id(),
             lease_seconds=lease_seconds,
             writer=True,
+            pool_size=pool_size,
         )
+        self.dedupe = dedupe
 
     def migrate(self) -> bool:
         return migrate(self.engine)
@@ -102,9 +122,14 @@ class Ledger(OutputLedger):
         )
 
     def record_event(
-        self, item_id: int, event: str, actor: str | None = None, **detail: Any
+        self, item: Item | int, event: str, actor: str | None = None, **detail: Any
     ) -> None:
+        """Append an event. About a claimed Item: only while the claim is current
+        (LostClaimError otherwise), so a node that lost it leaves no trace."""
+        item_id, fence = claim_fence(item)
         with self.transaction() as connection:
+            if fence:
+                require_claim(connection, item_id, fence)
             self._event(connection, item_id, event, actor=actor, **detail)
 
     # -- discovery ------------------------------------------------------------------------
@@ -115,11 +140,17 @@ class Ledger(OutputLedger):
                 select(CursorRow.cursor).where(CursorRow.storage_key == storage_key)
             )
 
-    def record_changes(self, storage_key: str, batch: ChangeBatch, engine: str) -> tuple[int, int]:
+    def record_changes(
+        self, storage_key: str, batch: ChangeBatch, engine: str, *, since: str | None = UNSET
+    ) -> tuple[int, int]:
         """Insert new revisions and advance the cursor in one transaction.
 
         Returns (new revisions, pending revisions skipped because their file was deleted).
         Revisions already known are ignored, so replaying a page after a reset is safe.
+        `since`: the cursor this page was listed from (None: the first listing). The cursor
+        moves only if it is still that one (compare-and-set); if another node moved it
+        first, the whole page is rolled back (CursorMovedError), so a stale page's deletes
+        never skip the newer revisions that node recorded.
         """
         added = deleted = 0
         with self.transaction() as connection:
@@ -128,7 +159,7 @@ class Ledger(OutputLedger):
                     deleted += self._skip_deleted(connection, change.path_lower)
                 elif self._insert_file(connection, change, engine):
                     added += 1
-            self._store_cursor(connection, storage_key, batch.cursor)
+            self._store_cursor(connection, storage_key, batch.cursor, since)
         return added, deleted
 
     def _insert_file(self, connection: Connection, file: RemoteFile, engine: str) -> bool:
@@ -184,13 +215,34 @@ class Ledger(OutputLedger):
             )
         return len(ids)
 
-    def _store_cursor(self, connection: Connection, storage_key: str, cursor: str) -> None:
+    def _store_cursor(
+        self, connection: Connection, storage_key: str, cursor: str, since: str | None
+    ) -> None:
         values = {"cursor": cursor, "updated_at": self.clock()}
-        changed = connection.execute(
-            update(CursorRow).where(CursorRow.storage_key == storage_key).values(**values)
-        ).rowcount
-        if changed == 0:
-            connection.execute(insert(CursorRow).values(storage_key=storage_key, **values))
+        dialect_insert = pg_insert if is_postgresql(connection) else sqlite_insert
+        first = dialect_insert(CursorRow).values(storage_key=storage_key, **values)
+        if since is UNSET:  # unchecked: the last writer wins (one node, or the operator)
+            connection.execute(
+                first.on_conflict_do_update(index_elements=["storage_key"], set_=values)
+            )
+            return
+        if since is None:  # the first cursor: two nodes inserting it race; one wins
+            stored = connection.scalar(
+                first.on_conflict_do_nothing(index_elements=["storage_key"]).returning(
+                    CursorRow.storage_key
+                )
+            )
+        else:
+            stored = connection.scalar(
+                update(CursorRow)
+                .where(CursorRow.storage_key == storage_key, CursorRow.cursor == since)
+                .values(**values)
+                .returning(CursorRow.storage_key)
+            )
+        if stored is None:
+            raise CursorMovedError(
+                f"another node moved the cursor of {storage_key} first; this page was rolled back"
+            )
 
     def reset_cursor(self, storage_key: str) -> None:
         with self.transaction() as connection:
@@ -207,15 +259,33 @@ class Ledger(OutputLedger):
         event: str,
         values: Mapping[str, Any],
         actor: str | None = None,
+        fence: Sequence[ColumnElement[bool]] = (),
         **detail: Any,
     ) -> None:
+        """`fence`: the claim token check of a claimed Item (see claims.claim_fence). A row
+        leaving `processing` drops its claim token; one that must move next gets the move
+        claim, fenced by the token of the claim that finished it."""
+        values = dict(values)
+        if expected == ItemStatus.PROCESSING and target != ItemStatus.PROCESSING:
+            values.setdefault("claim_token", None)
+            values.setdefault("dedupe_key", None)
+            if values.get("relocate_to") is not None:
+                now = database_now(connection, self.clock)
+                values.update(
+                    move_claimed_by=self.node_id,
+                    move_token=ItemRow.claim_token,
+                    move_lease_expires_at=later(now, self.lease),
+                )
         result = connection.execute(
             update(ItemRow)
-            .where(ItemRow.id == item_id, ItemRow.status == expected)
+            .where(ItemRow.id == item_id, ItemRow.status == expected, *fence)
             .values(status=target, **values)
         )
         if result.rowcount != 1:
-            raise LostClaimError(f"item {item_id} is no longer {expected}")
+            raise LostClaimError(
+                f"item {item_id} is no longer {expected}"
+                + (" under this claim (taken over)" if fence else "")
+            )
         self._event(
             connection,
             item_id,
@@ -228,7 +298,7 @@ class Ledger(OutputLedger):
 
     def transition(
         self,
-        item_id: int,
+        item: Item | int,
         expected: ItemStatus,
         target: ItemStatus,
         event: str,
@@ -236,74 +306,68 @@ class Ledger(OutputLedger):
         actor: str | None = None,
         **detail: Any,
     ) -> Item:
+        """Compare-and-set `item` from `expected` to `target`. A claimed Item (one that
+        `claim_next` handed out) is fenced on its claim token: LostClaimError once another
+        node took the claim over, and nothing changes."""
+        item_id, fence = claim_fence(item)
         with self.transaction() as connection:
             self._transition(
-                connection, item_id, expected, target, event, values or {}, actor=actor, **detail
+                connection,
+                item_id,
+                expected,
+                target,
+                event,
+                values or {},
+                actor=actor,
+                fence=fence,
+                **detail,
             )
             return to_item(connection.execute(select(ItemRow).where(ItemRow.id == item_id)).one())
 
     def claim_next(self) -> Item | None:
-        """Take the oldest due pending revision (compare-and-set; another worker or
-        machine may win the race, then the next candidate is tried)."""
-        now = self.clock()
-        due = (ItemRow.next_attempt_at.is_(None)) | (ItemRow.next_attempt_at <= now)
-        with self.transaction() as connection:
-            candidates = connection.scalars(
-                select(ItemRow.id)
-                .where(ItemRow.status == ItemStatus.PENDING, due)
-                .order_by(ItemRow.id)
-                .limit(8)
-            ).all()
-            for item_id in candidates:
-                values = {
-                    "attempts": ItemRow.attempts + 1,
-                    "started_at": now,
-                    "claimed_by": self.node_id,
-                    "lease_expires_at": now + self.lease,
-                    "next_attempt_at": None,
-                }
-                try:
-                    self._transition(
+        """Take the oldest due pending revision: one statement (see daemon.ledger.claims),
+        with a fresh fencing token. None when nothing is due. SchemaMismatchError while the
+        schema is not the one this code needs."""
+        if self.schema_problem is not None:
+            raise SchemaMismatchError(self.schema_problem)
+        for _ in range(CLAIM_ATTEMPTS):
+            try:
+                with self.transaction() as connection:
+                    statement = claim_statement(
                         connection,
-                        item_id,
-                        ItemStatus.PENDING,
-                        ItemStatus.PROCESSING,
-                        "claimed",
-                        values,
+                        node_id=self.node_id,
+                        token=fresh_token(),
+                        now=database_now(connection, self.clock),
+                        lease=self.lease,
+                        dedupe=self.dedupe,
                     )
-                except LostClaimError:
-                    continue
-                return to_item(
-                    connection.execute(select(ItemRow).where(ItemRow.id == item_id)).one()
-                )
+                    row = connection.execute(statement).first()
+                    if row is None:
+                        return None
+                    self._event(
+                        connection,
+                        row.id,
+                        "claimed",
+                        from_status=ItemStatus.PENDING,
+                        to_status=ItemStatus.PROCESSING,
+                    )
+                    return to_item(row)
+            except exc.IntegrityError:
+                continue  # another claim on the same input (or content) won: next row
         return None
 
-    def renew_lease(self, item_id: int) -> None:
-        with self.transaction() as connection:
-            connection.execute(
-                update(ItemRow)
-                .where(
-                    ItemRow.id == item_id,
-                    ItemRow.status == ItemStatus.PROCESSING,
-                    ItemRow.claimed_by == self.node_id,
-                )
-                .values(lease_expires_at=self.clock() + self.lease)
-            )
-
-    def record_submission(self, item_id: int, job: SubmittedJob, resubmitted: bool) -> None:
-        """Store the remote job before the first poll, so a restart resumes it."""
+    def record_submission(self, item: Item | int, job: SubmittedJob, resubmitted: bool) -> None:
+        """Store the remote job before the first poll, so a restart (or the node taking
+        the claim over) resumes it rather than submitting again. Fenced on the claim."""
+        item_id, fence = claim_fence(item)
         with self.transaction() as connection:
             result = connection.execute(
                 update(ItemRow)
-                .where(ItemRow.id == item_id, ItemRow.status == ItemStatus.PROCESSING)
-                .values(
-                    job_id=job.job_id,
-                    status_url=job.status_url,
-                    lease_expires_at=self.clock() + self.lease,
-                )
+                .where(ItemRow.id == item_id, ItemRow.status == ItemStatus.PROCESSING, *fence)
+                .values(job_id=job.job_id, status_url=job.status_url)
             )
             if result.rowcount != 1:
-                raise LostClaimError(f"item {item_id} is no longer processing")
+                raise LostClaimError(f"item {item_id} is no longer processing under this claim")
             self._event(
                 connection,
                 item_id,
@@ -311,48 +375,154 @@ class Ledger(OutputLedger):
                 job_id=job.job_id,
             )
 
-    def recover_stale(self) -> list[Item]:
-        """Put back `processing` revisions left by a crash or stop: ours (any earlier
-        process on this host) and any whose lease ran out. Remote job ids are kept."""
-        now = self.clock()
-        host = self.node_id.split(":", 1)[0]
+    def recover_expired(self) -> list[Item]:
+        """Put back `processing` revisions whose lease ran out (their node stopped beating:
+        dead, stopped, or cut off), with a `recovered` event naming that node. Every node
+        runs this on every pass; remote job ids are kept, so the taker resumes the job."""
         with self.transaction() as connection:
-            rows = connection.execute(
-                select(ItemRow)
-                .where(ItemRow.status == ItemStatus.PROCESSING)
-                .where(
-                    ItemRow.claimed_by.like(f"{host}:%")
-                    | (ItemRow.lease_expires_at < now)
-                    | ItemRow.claimed_by.is_(None)
+            now = database_now(connection, self.clock)
+            expired = or_(ItemRow.lease_expires_at.is_(None), ItemRow.lease_expires_at < now)
+            return self._recover(connection, expired, "lease expired")
+
+    def recover_at_start(self) -> list[Item]:
+        """At start: what `recover_expired` finds, and claims this node's name held before
+        it started (an earlier run of it died; a live one would have been refused at
+        registration). A SQLite ledger belongs to one machine: there every claim left is
+        from a process that is gone, as before several nodes could share a ledger."""
+        with self.transaction() as connection:
+            now = database_now(connection, self.clock)
+            if is_postgresql(connection):
+                left = or_(
+                    ItemRow.lease_expires_at.is_(None),
+                    ItemRow.lease_expires_at < now,
+                    ItemRow.claimed_by == self.node_id,
                 )
-            ).all()
-            for row in rows:
-                self._transition(
-                    connection,
-                    row.id,
-                    ItemStatus.PROCESSING,
-                    ItemStatus.PENDING,
-                    "recovered",
-                    {"claimed_by": None, "lease_expires_at": None},
-                    previous_owner=row.claimed_by,
-                )
+                moves = ItemRow.move_claimed_by == self.node_id
+            else:
+                left = ItemRow.id.is_not(None)
+                moves = ItemRow.move_claimed_by.is_not(None)
+            connection.execute(
+                update(ItemRow)
+                .where(moves)
+                .values(move_claimed_by=None, move_token=None, move_lease_expires_at=None)
+            )
+            return self._recover(connection, left, "node restarted")
+
+    def _recover(
+        self, connection: Connection, condition: ColumnElement[bool], reason: str
+    ) -> list[Item]:
+        query = select(ItemRow).where(ItemRow.status == ItemStatus.PROCESSING, condition)
+        if is_postgresql(connection):
+            query = query.with_for_update(skip_locked=True)
+        rows = connection.execute(query.order_by(ItemRow.id)).all()
+        for row in rows:
+            self._transition(
+                connection,
+                row.id,
+                ItemStatus.PROCESSING,
+                ItemStatus.PENDING,
+                "recovered",
+                {"claimed_by": None, "lease_expires_at": None},
+                fence=[ItemRow.claim_token == row.claim_token]
+                if row.claim_token is not None
+                else [],
+                node=row.claimed_by,
+                reason=reason,
+            )
         return [to_item(row) for row in rows]
 
-    def mark_relocated(self, item_id: int, archived_path: str | None, event: str) -> None:
+    # -- archive moves: claimed like items, fenced on the move token -----------------------
+
+    def claim_relocations(self) -> list[tuple[Item, str]]:
+        """The moves still owed (a crash, transient storage trouble): this node's own, and
+        those no live node holds, taken with a fresh move token (`move_recovered` events
+        name the node they were taken from)."""
+        token = fresh_token()
+        with self.transaction() as connection:
+            now = database_now(connection, self.clock)
+            owed = ItemRow.relocate_to.is_not(None)
+            free = or_(
+                ItemRow.move_claimed_by.is_(None),
+                ItemRow.move_token.is_(None),
+                ItemRow.move_lease_expires_at.is_(None),
+                ItemRow.move_lease_expires_at < now,
+            )
+            others = or_(
+                ItemRow.move_claimed_by.is_(None), ItemRow.move_claimed_by != self.node_id
+            )
+            query = select(ItemRow.id, ItemRow.move_claimed_by).where(owed, free, others)
+            if is_postgresql(connection):
+                query = query.with_for_update(skip_locked=True)
+            taken = connection.execute(query.order_by(ItemRow.id)).all()
+            if taken:
+                connection.execute(
+                    update(ItemRow)
+                    .where(ItemRow.id.in_([row.id for row in taken]))
+                    .values(
+                        move_claimed_by=self.node_id,
+                        move_token=token,
+                        move_lease_expires_at=later(now, self.lease),
+                    )
+                )
+            for row in taken:
+                if row.move_claimed_by not in (None, self.node_id):
+                    self._event(connection, row.id, "move_recovered", node=row.move_claimed_by)
+            rows = connection.execute(
+                select(ItemRow)
+                .where(owed, ItemRow.move_claimed_by == self.node_id)
+                .order_by(ItemRow.id)
+            ).all()
+        return [(to_item(row), row.relocate_to) for row in rows]
+
+    def release_move(self, item: Item | int) -> None:
+        """Give the move claim back (the move failed for now): the lister's sweep retries it."""
+        item_id, fence = move_fence(item)
         with self.transaction() as connection:
             connection.execute(
                 update(ItemRow)
-                .where(ItemRow.id == item_id)
-                .values(relocate_to=None, archived_path=archived_path, archived_at=self.clock())
+                .where(ItemRow.id == item_id, *fence)
+                .values(move_claimed_by=None, move_token=None, move_lease_expires_at=None)
             )
-            self._event(connection, item_id, event, path=archived_path)
 
-    def clear_relocation(self, item_id: int, reason: str) -> None:
+    def holds_move(self, item: Item | int) -> bool:
+        """Whether this node's move claim on `item` is still current (checked before the
+        storage move, so a node that lost it leaves the input to the node that took it)."""
+        item_id, fence = move_fence(item)
         with self.transaction() as connection:
-            connection.execute(
-                update(ItemRow).where(ItemRow.id == item_id).values(relocate_to=None)
+            found = connection.scalar(
+                select(ItemRow.id).where(ItemRow.id == item_id, *fence)
             )
-            self._event(connection, item_id, "relocation.abandoned", reason=reason)
+        return found is not None
+
+    def mark_relocated(self, item: Item | int, archived_path: str | None, event: str) -> None:
+        """The input moved (or was deleted). Fenced on the move claim: LostClaimError, and
+        no event, when another node took the move over."""
+        self._end_move(item, event, {"archived_path": archived_path,
+                                     "archived_at": self.clock()}, path=archived_path)  # fmt: skip
+
+    def clear_relocation(self, item: Item | int, reason: str) -> None:
+        """The input stays where it is (changed or gone). Fenced like `mark_relocated`."""
+        self._end_move(item, "relocation.abandoned", {}, reason=reason)
+
+    def _end_move(
+        self, item: Item | int, event: str, values: Mapping[str, Any], **detail: Any
+    ) -> None:
+        item_id, fence = move_fence(item)
+        with self.transaction() as connection:
+            changed = connection.execute(
+                update(ItemRow)
+                .where(ItemRow.id == item_id, *fence)
+                .values(
+                    relocate_to=None,
+                    move_claimed_by=None,
+                    move_token=None,
+                    move_lease_expires_at=None,
+                    **values,
+                )
+            ).rowcount
+            if changed != 1:
+                raise LostClaimError(f"the move of item {item_id} was taken over")
+            self._event(connection, item_id, event, **detail)
 
     # -- notifications --------------------------------------------------------------------
 

@@ -106,8 +106,8 @@ def test_submission_stored_and_recovered(ledger: Ledger) -> None:
     ledger.record_submission(
         item.id, SubmittedJob("urn:ff:jobs:1", "http://x/status/1"), resubmitted=False
     )
-    restarted = Ledger(ledger.url, node_id="host-a:99")
-    recovered = restarted.recover_stale()
+    restarted = Ledger(ledger.url, node_id="host-a:1")  # the same node, after a crash
+    recovered = restarted.recover_at_start()
     restarted.close()
     assert [r.id for r in recovered] == [item.id]
     again = ledger.get(item.id)
@@ -119,18 +119,22 @@ def test_submission_stored_and_recovered(ledger: Ledger) -> None:
     )
     names = [e["event"] for e in ledger.events(item.id)]
     assert names == ["discovered", "claimed", "submitted", "recovered"]
+    assert ledger.events(item.id)[-1]["detail"] == {"node": "host-a:1", "reason": "node restarted"}
 
 
-def test_other_hosts_claims_wait_for_their_lease(ledger: Ledger) -> None:
+def test_other_nodes_claims_wait_for_their_lease(tmp_path: Path) -> None:
+    """SQLite, with the injected clock (PostgreSQL: tests/integration/test_scale_out.py)."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     now = [datetime(2026, 1, 1, tzinfo=UTC)]
-    remote = Ledger(ledger.url, node_id="host-b:7", clock=lambda: now[0], lease_seconds=60)
+    remote = Ledger(url, node_id="host-b:7", clock=lambda: now[0], lease_seconds=60)
+    remote.migrate()
     try:
         remote.record_changes("s", ChangeBatch((file("a.jpg"),), "c1"), "local")
         assert remote.claim_next() is not None
-        local = Ledger(ledger.url, node_id="host-a:1", clock=lambda: now[0])
-        assert local.recover_stale() == []
+        local = Ledger(url, node_id="host-a:1", clock=lambda: now[0])
+        assert local.recover_expired() == []
         now[0] += timedelta(seconds=61)
-        assert len(local.recover_stale()) == 1
+        assert len(local.recover_expired()) == 1
         local.close()
     finally:
         remote.close()
