@@ -62,7 +62,9 @@ def claim_statement(
     candidate = select(ItemRow.id).where(
         ItemRow.status == ItemStatus.PENDING,
         due,
-        ~exists().where(busy.status == ItemStatus.PROCESSING, busy.path_lower == ItemRow.path_lower),
+        ~exists().where(
+            busy.status == ItemStatus.PROCESSING, busy.path_lower == ItemRow.path_lower
+        ),
     )
     if dedupe:
         candidate = candidate.where(
