@@ -77,7 +77,7 @@ def claim_statement(
         candidate = candidate.with_for_update(skip_locked=True)
     return (
         update(ItemRow)
-        .where(ItemRow.id == candidate.scalar_subquery())
+        .where(ItemRow.id == candidate.scalar_subquery(), ItemRow.status == ItemStatus.PENDING)
         .values(
             status=ItemStatus.PROCESSING,
             attempts=ItemRow.attempts + 1,
