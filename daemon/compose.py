@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from daemon.alerts.messages import Digest
     from daemon.alerts.runner import Alerts
     from daemon.alerts.watch import Trouble
+    from daemon.engines.ratelimit import Clock as RateClock
+    from daemon.engines.ratelimit import Limiter
     from daemon.metrics import Metrics
     from daemon.web.app import LiveState
     from daemon.web.server import WebServer
@@ -72,12 +74,20 @@ def build_spool(settings: Settings) -> ResultSpool:
     return ResultSpool(base / ledger_digest, settings.spool.max_bytes)
 
 
-def build_engine(settings: Settings, stop: threading.Event, kind: str | None = None) -> Engine:
-    """The engine of `kind` (default: `[engine] kind`)."""
+def build_engine(
+    settings: Settings,
+    stop: threading.Event,
+    kind: str | None = None,
+    ledger: Ledger | None = None,
+) -> Engine:
+    """The engine of `kind` (default: `[engine] kind`). On a PostgreSQL `ledger`, the
+    Photoshop engine paces its submissions with the slots every node shares."""
     if (kind or settings.engine.kind) == "photoshop":
         from daemon.engines.photoshop import PhotoshopEngine
 
-        return PhotoshopEngine.from_environment(settings.photoshop, stop)
+        return PhotoshopEngine.from_environment(
+            settings.photoshop, stop, limiter=shared_submit_limiter(settings, ledger)
+        )
     from daemon.engines.local import LocalEngine
 
     engine = settings.engine
@@ -98,9 +108,32 @@ def describe_engine(engine: Engine) -> str:
     return str(describe()) if callable(describe) else ""
 
 
-def build_other_engines(settings: Settings, stop: threading.Event) -> dict[str, Engine]:
+def shared_submit_limiter(
+    settings: Settings, ledger: Ledger | None
+) -> Callable[[RateClock], Limiter] | None:
+    """Adobe's limit shared through a PostgreSQL ledger; None (each process its own
+    in-memory limiter) on SQLite, as a SQLite ledger has one node."""
+    if ledger is None or not ledger.shared:
+        return None
+    from daemon.engines.shared_limit import SharedSubmitLimiter
+    from daemon.ledger.slots import SubmitSlots
+
+    photoshop = settings.photoshop
+    slots = SubmitSlots(
+        ledger,
+        "photoshop",
+        photoshop.submit_limit,
+        photoshop.submit_period,
+        photoshop.request_timeout,
+    )
+    return lambda clock: SharedSubmitLimiter(slots, clock)
+
+
+def build_other_engines(
+    settings: Settings, stop: threading.Event, ledger: Ledger | None = None
+) -> dict[str, Engine]:
     """The engines that `[[profile]]` tables choose besides `[engine] kind`'s."""
-    return {kind: build_engine(settings, stop, kind) for kind in settings.engine_kinds[1:]}
+    return {kind: build_engine(settings, stop, kind, ledger) for kind in settings.engine_kinds[1:]}
 
 
 def worker_count(settings: Settings) -> int:

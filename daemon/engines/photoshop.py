@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
@@ -34,7 +34,7 @@ from daemon.engines.photoshop_wire import (
     result_url,
     submit_error,
 )
-from daemon.engines.ratelimit import Clock, SubmitLimiter, SystemClock
+from daemon.engines.ratelimit import Clock, Limiter, SubmitLimiter, SystemClock
 from daemon.errors import (
     AuthError,
     CutoutdError,
@@ -104,7 +104,10 @@ class PhotoshopEngine:
         stop: threading.Event,
         clock: Clock | None = None,
         session: requests.Session | None = None,
+        limiter: Callable[[Clock], Limiter] | None = None,
     ) -> None:
+        """`limiter`: makes the submission limiter from the clock (default: this process's
+        own SubmitLimiter; daemon.compose passes the ledger-shared one on PostgreSQL)."""
         self._settings, self._stop = settings, stop
         self._client_id, self._client_secret = client_id, client_secret
         register_secret(client_secret)
@@ -112,14 +115,22 @@ class PhotoshopEngine:
         self._own_session = session is None
         self._session = session or new_session(settings.max_in_flight)
         self._tokens = _TokenCache(self, self._clock)
-        self._limiter = SubmitLimiter(settings.submit_limit, settings.submit_period, self._clock)
+        self._limiter: Limiter = (
+            limiter(self._clock)
+            if limiter is not None
+            else SubmitLimiter(settings.submit_limit, settings.submit_period, self._clock)
+        )
         self._in_flight = threading.BoundedSemaphore(settings.max_in_flight)
         self._counts_lock = threading.Lock()
         self._counts = {f.name: 0 for f in fields(PhotoshopStats)}
 
     @classmethod
     def from_environment(
-        cls, settings: PhotoshopSettings, stop: threading.Event, clock: Clock | None = None
+        cls,
+        settings: PhotoshopSettings,
+        stop: threading.Event,
+        clock: Clock | None = None,
+        limiter: Callable[[Clock], Limiter] | None = None,
     ) -> PhotoshopEngine:
         """Credentials from `CLIENT_ID` and `CLIENT_SECRET` (environment or systemd credential)."""
         values = {name: read_secret(name) for name in ("CLIENT_ID", "CLIENT_SECRET")}
@@ -129,7 +140,8 @@ class PhotoshopEngine:
                 "the Photoshop engine needs the Adobe credentials CLIENT_ID and CLIENT_SECRET "
                 f"in the environment or as systemd credentials; missing: {', '.join(missing)}"
             )
-        return cls(settings, values["CLIENT_ID"] or "", values["CLIENT_SECRET"] or "", stop, clock)
+        client_id, secret = values["CLIENT_ID"] or "", values["CLIENT_SECRET"] or ""
+        return cls(settings, client_id, secret, stop, clock, limiter=limiter)
 
     def start(self) -> None:
         """Fetch an IMS token once: wrong credentials fail here, not on the first image."""

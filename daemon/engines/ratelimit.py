@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,15 @@ class Clock(Protocol):
     def wait(self, stop: threading.Event, seconds: float) -> bool:
         """Wait up to `seconds`; True when `stop` is set (return at once then)."""
         ...
+
+
+class Limiter(Protocol):
+    """What the Photoshop engine paces submissions with: SubmitLimiter (one process) or
+    daemon.engines.shared_limit.SharedSubmitLimiter (every node on a PostgreSQL ledger)."""
+
+    def slot(self, stop: threading.Event) -> AbstractContextManager[None]: ...
+
+    def pause(self, seconds: float) -> None: ...
 
 
 class SystemClock:

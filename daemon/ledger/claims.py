@@ -62,7 +62,9 @@ def claim_statement(
     candidate = select(ItemRow.id).where(
         ItemRow.status == ItemStatus.PENDING,
         due,
-        ~exists().where(busy.status == ItemStatus.PROCESSING, busy.path_lower == ItemRow.path_lower),
+        ~exists().where(
+            busy.status == ItemStatus.PROCESSING, busy.path_lower == ItemRow.path_lower
+        ),
     )
     if dedupe:
         candidate = candidate.where(
@@ -75,7 +77,7 @@ def claim_statement(
         candidate = candidate.with_for_update(skip_locked=True)
     return (
         update(ItemRow)
-        .where(ItemRow.id == candidate.scalar_subquery())
+        .where(ItemRow.id == candidate.scalar_subquery(), ItemRow.status == ItemStatus.PENDING)
         .values(
             status=ItemStatus.PROCESSING,
             attempts=ItemRow.attempts + 1,

@@ -22,7 +22,9 @@ BUSY_TIMEOUT_MS = 30_000
 _PG_MIGRATION_LOCK = 0x6375746F  # "cuto"
 
 
-def create_database_engine(url: str, *, writer: bool = True, pool_size: int | None = None) -> Engine:
+def create_database_engine(
+    url: str, *, writer: bool = True, pool_size: int | None = None
+) -> Engine:
     """An Engine for `url`. SQLite: WAL, busy timeout, foreign keys, and `BEGIN IMMEDIATE`
     for writers so two writers queue on the busy timeout instead of deadlocking.
     PostgreSQL: `pool_size` connections kept open (`[ledger] pool_size`; SQLAlchemy's 5

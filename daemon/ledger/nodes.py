@@ -115,9 +115,7 @@ class NodeLedger(OutputLedger):
             registered = connection.scalar(upsert.returning(NodeRow.instance))
             if registered is None:
                 live = connection.execute(
-                    select(NodeRow, func.now().label("db_now")).where(
-                        NodeRow.name == self.node_id
-                    )
+                    select(NodeRow, func.now().label("db_now")).where(NodeRow.name == self.node_id)
                 ).one()
                 ago = (live.db_now - live.heartbeat_at).total_seconds()
                 left = (live.expires_at - live.db_now).total_seconds()
@@ -147,9 +145,7 @@ class NodeLedger(OutputLedger):
                 )
             connection.execute(
                 update(ItemRow)
-                .where(
-                    ItemRow.claimed_by == self.node_id, ItemRow.status == ItemStatus.PROCESSING
-                )
+                .where(ItemRow.claimed_by == self.node_id, ItemRow.status == ItemStatus.PROCESSING)
                 .values(lease_expires_at=until)
             )
             connection.execute(
@@ -245,9 +241,7 @@ class NodeLedger(OutputLedger):
                 select(LeaseRow.holder).where(LeaseRow.name == LISTER, LeaseRow.expires_at >= now)
             )
             rows = connection.execute(
-                select(NodeRow, (NodeRow.expires_at >= now).label("alive")).order_by(
-                    NodeRow.name
-                )
+                select(NodeRow, (NodeRow.expires_at >= now).label("alive")).order_by(NodeRow.name)
             ).all()
         return [
             NodeReport(

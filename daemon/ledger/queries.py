@@ -72,6 +72,11 @@ class LedgerReader:
     def close(self) -> None:
         self.engine.dispose()
 
+    @property
+    def shared(self) -> bool:
+        """Whether several nodes may share this ledger (PostgreSQL; SQLite is one machine's)."""
+        return self.engine.dialect.name == "postgresql"
+
     def describe(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 

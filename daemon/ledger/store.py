@@ -447,9 +447,7 @@ class Ledger(NodeLedger):
                 ItemRow.move_lease_expires_at.is_(None),
                 ItemRow.move_lease_expires_at < now,
             )
-            others = or_(
-                ItemRow.move_claimed_by.is_(None), ItemRow.move_claimed_by != self.node_id
-            )
+            others = or_(ItemRow.move_claimed_by.is_(None), ItemRow.move_claimed_by != self.node_id)
             query = select(ItemRow.id, ItemRow.move_claimed_by).where(owed, free, others)
             if is_postgresql(connection):
                 query = query.with_for_update(skip_locked=True)
@@ -489,9 +487,7 @@ class Ledger(NodeLedger):
         storage move, so a node that lost it leaves the input to the node that took it)."""
         item_id, fence = move_fence(item)
         with self.transaction() as connection:
-            found = connection.scalar(
-                select(ItemRow.id).where(ItemRow.id == item_id, *fence)
-            )
+            found = connection.scalar(select(ItemRow.id).where(ItemRow.id == item_id, *fence))
         return found is not None
 
     def mark_relocated(self, item: Item | int, archived_path: str | None, event: str) -> None:
