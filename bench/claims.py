@@ -1,9 +1,9 @@
 """Claim latency on PostgreSQL: p50/p99 of `Ledger.claim_next` with 1, 4 and 8 processes.
 
     .venv/bin/python bench/claims.py [--rows 2000] [--threads 8] [--processes 1,4,8]
-        [--url postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
-For each process count, a fresh private schema gets --rows due pending revisions (each
+For each process count, a fresh private schema of the local PostgreSQL (tests/postgres.py)
+gets --rows due pending revisions (each
 its own input), then that many real claimer processes (tests/claimer.py, --threads
 threads each, started together) claim until nothing is left. Reported: the latency of
 every successful claim (one transaction: the `UPDATE ... (SELECT ... FOR UPDATE SKIP
@@ -19,16 +19,12 @@ import os
 import statistics
 import sys
 import tempfile
-import uuid
 from pathlib import Path
-
-import sqlalchemy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.postgres import private_schema
 from tests.storm import fill, storm
-
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -36,22 +32,13 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def run(url: str, processes: int, threads: int, rows: int) -> str:
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(url)
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    private = f"{url}?options=-csearch_path%3D{schema}"
-    try:
-        fill(private, rows)
+def run(processes: int, threads: int, rows: int) -> str:
+    with private_schema("bench") as url:
+        fill(url, rows)
         before = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as workdir:
-            result = storm(private, processes, threads, Path(workdir))
+            result = storm(url, processes, threads, Path(workdir))
         after = os.getloadavg()[0]
-    finally:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
     once = len(result.claimed) == rows == len(set(result.claimed))
     ms = [s * 1000 for s in result.latencies]
     return (
@@ -63,7 +50,6 @@ def run(url: str, processes: int, threads: int, rows: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default=PG_URL)
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--processes", default="1,4,8")
@@ -74,7 +60,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for processes in (int(n) for n in args.processes.split(",")):
-        print(run(args.url, processes, args.threads, args.rows), flush=True)
+        print(run(processes, args.threads, args.rows), flush=True)
 
 
 if __name__ == "__main__":
