@@ -39,9 +39,11 @@ from daemon.output import (
     EVENT_FIELDS,
     EXPORT_EVENT_FIELDS,
     LIST_FIELDS,
+    NODE_FIELDS,
     RESULT_FIELDS,
     exported_event,
     item_record,
+    node_record,
     output_record,
     requeued_record,
     stats_record,
@@ -129,6 +131,7 @@ def build_parser() -> Parser:
         "check", parents=[common], help="validate config, model, ledger and folders"
     )
     add_ledger_commands(commands, common)
+    add_node_commands(commands, common)
     add_requeue_commands(commands, common)
     auth = commands.add_parser("auth", parents=[common], help="set up credentials")
     auth_commands = auth.add_subparsers(
@@ -212,6 +215,20 @@ def add_ledger_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "then apply to the event time)",
     )
     _format_argument(export, "jsonl", "csv", default="jsonl")
+    ledger_commands.add_parser(
+        "migrate",
+        parents=[common],
+        help="upgrade the ledger's schema (PostgreSQL: once, before upgraded nodes claim)",
+    )
+
+
+def add_node_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    nodes = commands.add_parser(
+        "nodes",
+        parents=[common],
+        help="the nodes sharing the ledger: heartbeats, claims, the lister",
+    )
+    _format_argument(nodes, "table", "json", "csv", default=None)
 
 
 def add_requeue_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -488,6 +505,40 @@ def report_requeued(items: Sequence[Item], requeue: Callable[[Item], Requeued], 
     return 1 if failed else 0
 
 
+def command_ledger_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.compose import open_ledger
+    from daemon.ledger.database import current_revision, head_revision
+
+    ledger = open_ledger(settings)
+    try:
+        before = current_revision(ledger.engine)
+        ledger.migrate()
+        after = current_revision(ledger.engine)
+    finally:
+        ledger.close()
+    where = ledger.describe()
+    if before == after:
+        print(f"ledger:  {where}: schema {after}, current (this code needs {head_revision()})")
+    else:
+        print(f"ledger:  {where}: schema {before or 'none'} -> {after}")
+    return 0
+
+
+def command_nodes(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.compose import open_ledger
+
+    ledger = open_ledger(settings, create=False)
+    try:
+        reports = ledger.node_reports()
+    finally:
+        ledger.close()
+    records = [node_record(r) for r in reports]
+    write_records(records, _output_format(args), sys.stdout, NODE_FIELDS)
+    if not records:
+        print("cutoutd: no node has registered on this ledger", file=sys.stderr)
+    return 0
+
+
 def command_auth_dropbox(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.compose import authorize_dropbox_interactively
 
@@ -511,6 +562,8 @@ COMMANDS: dict[tuple[str, ...], Callable[[Settings, argparse.Namespace], int]] =
     ("ledger", "show"): command_ledger_show,
     ("ledger", "stats"): command_ledger_stats,
     ("ledger", "export"): command_ledger_export,
+    ("ledger", "migrate"): command_ledger_migrate,
+    ("nodes",): command_nodes,
     ("retry",): command_retry,
     ("reprocess",): command_reprocess,
     ("auth", "dropbox"): command_auth_dropbox,

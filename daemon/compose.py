@@ -290,12 +290,31 @@ def discovery_interval(settings: Settings, notifier: Notifier) -> float:
 
 def open_ledger_reader(settings: Settings) -> LedgerReader:
     """A read-only view for the audit commands; never takes SQLite's write lock."""
+    return LedgerReader(_existing_ledger_url(settings), writer=False)
+
+
+def _existing_ledger_url(settings: Settings) -> str:
     url = ledger_url(settings)
     if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
         raise CutoutdError(
             f"no ledger at {url.removeprefix('sqlite:///')}: run `cutoutd run` first, or check [ledger] url"
         )
-    return LedgerReader(url, writer=False)
+    return url
+
+
+def open_ledger(settings: Settings, *, create: bool = True) -> Ledger:
+    """The ledger as `[ledger]` configures it: this node's name, its lease, its pool
+    (`pool_size`, else the workers + 4: heartbeat, watcher, status page), and one claim
+    per content hash at a time while `[source] dedupe = "content"`. `create=False`: an
+    absent SQLite file is an error rather than a new ledger."""
+    url = ledger_url(settings) if create else _existing_ledger_url(settings)
+    return Ledger(
+        url,
+        node_id=settings.ledger.node_id or None,
+        lease_seconds=settings.ledger.lease_seconds,
+        dedupe=settings.source.dedupe == "content",
+        pool_size=settings.ledger.pool_size or worker_count(settings) + 4,
+    )
 
 
 def authorize_dropbox_interactively(read_code: Callable[[str], str]) -> dict[str, str]:

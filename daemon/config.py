@@ -57,7 +57,9 @@ class EngineSettings:
 class LedgerSettings:
     url: str = ""
     node_id: str = ""
-    lease_seconds: float = 600.0
+    lease_seconds: float = 60.0
+    pool_size: int = 0  # PostgreSQL connections kept open; 0: the workers + 4
+    heartbeat_seconds: float = 0.0  # 0: lease_seconds / 6, at least 1 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +237,12 @@ def _read_ledger(data: Mapping[str, Any], problems: list[str]) -> LedgerSettings
         "ledger",
         LedgerSettings,
         problems,
-        checks={"url": check_url, "lease_seconds": positive},
+        checks={
+            "url": check_url,
+            "lease_seconds": positive,
+            "pool_size": non_negative,
+            "heartbeat_seconds": non_negative,
+        },
     )
 
 

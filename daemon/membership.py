@@ -41,7 +41,7 @@ def heartbeat_interval(lease_seconds: float, configured: float = 0.0) -> float:
     """`[ledger] heartbeat_seconds`, or lease/6 (at least 1 s): a lease outlives five
     missed beats."""
     if configured > 0:
-        return configured
+        return min(configured, lease_seconds / 2)
     return max(lease_seconds / 6, 1.0)
 
 

@@ -15,6 +15,7 @@ from daemon.models import Item, ItemStatus, OutputRecord
 
 if TYPE_CHECKING:
     from daemon.ledger.audit import Event, History, Percentiles, Stats, Step
+    from daemon.ledger.nodes import NodeReport
     from daemon.ledger.requeue import Requeued
 
 OUTCOME_ORDER = (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.SKIPPED)
@@ -34,6 +35,8 @@ EVENT_FIELDS = (
 )
 EXPORT_EVENT_FIELDS = (*EVENT_FIELDS[:-3], "detail")
 RESULT_FIELDS = ("id", "path", "previous_status", "status", "restored_from", "note")
+NODE_FIELDS = ("node", "state", "last_heartbeat", "started", "host", "pid", "claims", "moves",
+               "lister", "schema", "version")  # fmt: skip
 LIST_FIELDS = (
     "id",
     "path",
@@ -84,6 +87,23 @@ def item_record(item: Item) -> dict[str, Any]:
         "started_at": _cell(item.started_at) or None,
         "finished_at": _cell(item.finished_at) or None,
         "archived_at": _cell(item.archived_at) or None,
+    }
+
+
+def node_record(report: NodeReport) -> dict[str, Any]:
+    """One node for `cutoutd nodes`."""
+    return {
+        "node": report.name,
+        "state": "alive" if report.alive else "expired",
+        "last_heartbeat": _cell(report.heartbeat_at),
+        "started": _cell(report.started_at),
+        "host": report.host,
+        "pid": report.pid,
+        "claims": report.claims,
+        "moves": report.moves,
+        "lister": report.lister,
+        "schema": report.schema_revision,
+        "version": report.code_version,
     }
 
 

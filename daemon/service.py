@@ -26,7 +26,7 @@ from daemon.compose import (
     build_thumbnails,
     build_web_server,
     discovery_interval,
-    ledger_url,
+    open_ledger,
     patient_storage,
     worker_count,
 )
@@ -94,15 +94,11 @@ class Service:
         self.settings = settings
         self.stop = threading.Event()
         self.wake = threading.Event()
-        self.ledger = ledger or Ledger(
-            ledger_url(settings),
-            lease_seconds=settings.ledger.lease_seconds,
-            node_id=settings.ledger.node_id or None,
-        )
+        self.ledger = ledger or open_ledger(settings)
         self.storage = patient_storage(storage or build_storage(settings), settings, self.stop)
-        self.engine = engine or build_engine(settings, self.stop)
+        self.engine = engine or build_engine(settings, self.stop, ledger=self.ledger)
         if other_engines is None:
-            other_engines = build_other_engines(settings, self.stop)
+            other_engines = build_other_engines(settings, self.stop, self.ledger)
         self.engines = [self.engine, *other_engines.values()]
         self.metrics = build_metrics(settings, self.engine)
         self.thumbnails = build_thumbnails(settings)

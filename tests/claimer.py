@@ -3,7 +3,7 @@
 Used by the claim storm (tests/integration/test_claim_storm.py) and by bench/claims.py.
 It opens the ledger, prints `ready`, waits for a line on stdin (so that every process
 starts at once), then claims with THREADS threads until a claim comes back empty, twice
-in a row. Writes JSON to OUT:
+in a row; each claimed row is finished (a fenced transition to `succeeded`) at once. Writes JSON to OUT:
 claimed ids, claim latencies (seconds) and the ids a claim found after another had come
 back empty (rows that were due to that empty claim: should be none).
 """
@@ -16,6 +16,7 @@ import threading
 import time
 
 from daemon.ledger import Ledger
+from daemon.models import ItemStatus
 
 
 def main(url: str, node: str, threads: int, out: str) -> None:
@@ -42,6 +43,8 @@ def main(url: str, node: str, threads: int, out: str) -> None:
             with lock:
                 claimed.append(item.id)
                 latencies.append(took)
+            # finish it, as a worker would: processing rows stay about as many as workers
+            ledger.transition(item, ItemStatus.PROCESSING, ItemStatus.SUCCEEDED, "succeeded")
 
     with ledger.transaction():  # one connection opened before the start
         pass

@@ -77,7 +77,10 @@ def claim_statement(
         candidate = candidate.with_for_update(skip_locked=True)
     return (
         update(ItemRow)
-        .where(ItemRow.id == candidate.scalar_subquery(), ItemRow.status == ItemStatus.PENDING)
+        # no status check here: the row is locked (PostgreSQL) or the writer alone
+        # (SQLite's BEGIN IMMEDIATE), and a second condition lets the planner scan an
+        # index of every pending row instead of fetching one by its key
+        .where(ItemRow.id == candidate.scalar_subquery())
         .values(
             status=ItemStatus.PROCESSING,
             attempts=ItemRow.attempts + 1,

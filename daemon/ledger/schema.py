@@ -48,6 +48,13 @@ class ItemRow(Base):
         Index("ix_items_path_ci", text("lower(path)")),
         Index("ix_items_archived_path", "archived_path"),
         Index("ix_items_claimed_by", "claimed_by", "status"),
+        # the claim's scan: pending rows only, oldest first, whatever the table's size
+        Index(
+            "ix_items_pending_id",
+            "id",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
         Index("ix_items_move_claimed_by", "move_claimed_by"),
         # Never two claims at once on one input, nor (dedupe on) on one content hash.
         Index(
@@ -61,8 +68,9 @@ class ItemRow(Base):
             "uq_items_processing_hash",
             "dedupe_key",
             unique=True,
-            sqlite_where=text("status = 'processing'"),
-            postgresql_where=text("status = 'processing'"),
+            # NOT NULL: the planner never takes it for the one-claim-per-input check
+            sqlite_where=text("status = 'processing' AND dedupe_key IS NOT NULL"),
+            postgresql_where=text("status = 'processing' AND dedupe_key IS NOT NULL"),
         ),
         Index(
             "ix_items_duplicates",

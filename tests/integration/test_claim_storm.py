@@ -9,6 +9,7 @@ import pytest
 from tests.storm import fill, storm
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
 def test_every_row_is_claimed_exactly_once_and_no_claimer_comes_back_empty_while_rows_are_due(
     ledger_url: str, tmp_path: Path

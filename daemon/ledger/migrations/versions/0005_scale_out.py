@@ -40,17 +40,17 @@ def upgrade() -> None:
     )
     op.create_index("ix_items_claimed_by", "items", ["claimed_by", "status"])
     op.create_index("ix_items_move_claimed_by", "items", ["move_claimed_by"])
-    for name, column in (
-        ("uq_items_processing_path", "path_lower"),
-        ("uq_items_processing_hash", "dedupe_key"),
+    pending = sa.text("status = 'pending'")
+    op.create_index(
+        "ix_items_pending_id", "items", ["id"], sqlite_where=pending, postgresql_where=pending
+    )
+    hashed = sa.text("status = 'processing' AND dedupe_key IS NOT NULL")
+    for name, column, where in (
+        ("uq_items_processing_path", "path_lower", PROCESSING),
+        ("uq_items_processing_hash", "dedupe_key", hashed),
     ):
         op.create_index(
-            name,
-            "items",
-            [column],
-            unique=True,
-            sqlite_where=PROCESSING,
-            postgresql_where=PROCESSING,
+            name, "items", [column], unique=True, sqlite_where=where, postgresql_where=where
         )
     op.create_table(
         "nodes",
@@ -106,6 +106,7 @@ def downgrade() -> None:
     for name in (
         "uq_items_processing_hash",
         "uq_items_processing_path",
+        "ix_items_pending_id",
         "ix_items_move_claimed_by",
         "ix_items_claimed_by",
     ):
