@@ -258,7 +258,7 @@ class Cluster:
         assert result.returncode == 0, result.stderr[-4000:]
         return result
 
-    def start(self, count: int = 3, *, migrate: bool = False) -> list[Node]:
+    def start(self, count: int = 3, *, migrate: bool = True) -> list[Node]:
         """Add nodes up to `count`, migrate the ledger, start them all, wait until ready."""
         while len(self.nodes) < count:
             self.add()
