@@ -166,7 +166,7 @@ class Service:
         if self.alerts is not None:
             self.alerts.start()
         self._open_spool()
-        recovered = self.ledger.recover_stale()
+        recovered = self.ledger.recover_expired()
         if recovered:
             log.info(
                 "recovered %d revisions left processing",

@@ -182,7 +182,6 @@ class PhotoshopEngine:
         return EncodedCutout(data, f"Adobe job {submitted.job_id}")
 
     def _resubmit(self, job: EngineJob, old: SubmittedJob, reason: str) -> EncodedCutout:
-        job.extra["resubmitted"] = reason
         self._count("resubmissions")
         submitted = self._submit(job)
         log.warning(
