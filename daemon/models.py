@@ -93,10 +93,6 @@ class OutputFormat(StrEnum):
     JPEG = "jpeg"
 
     @property
-    def media_type(self) -> str:
-        return f"image/{self.value}"
-
-    @property
     def extension(self) -> str:
         """The output file's extension: `png`, `webp`, `jpg`."""
         return "jpg" if self is OutputFormat.JPEG else self.value

@@ -166,7 +166,6 @@ class LocalEngine:
     """The `local` engine. `start()` once, then `cut_out()` from up to `workers` threads."""
 
     name: str = "local"
-    needs_link: bool = False
 
     def __init__(
         self,

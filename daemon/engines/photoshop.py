@@ -94,7 +94,6 @@ class PhotoshopEngine:
     """Adobe Photoshop API Remove Background V2. Thread-safe: many workers share one."""
 
     name = "photoshop"
-    needs_link = True
 
     def __init__(
         self,

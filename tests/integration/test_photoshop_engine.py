@@ -164,7 +164,7 @@ def harness(
 
 def test_is_an_engine(make_engine: MakeEngine) -> None:
     engine: Engine = make_engine(start=False)
-    assert (engine.name, engine.needs_link) == ("photoshop", True)
+    assert engine.name == "photoshop"
 
 
 def test_cutout_comes_back_as_png_with_alpha(
