@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from daemon import rendering
-from daemon.ledger import Ledger
+from daemon.ledger_port import LedgerPort
 from daemon.logs import context
 from daemon.models import Area, Cutout, EngineResult, Item, OutputRecord, OutputSpec, Profile
 from daemon.previews import cutout_previews
@@ -28,7 +28,7 @@ class OutputWriter:
     def __init__(
         self,
         storage: Storage,
-        ledger: Ledger,
+        ledger: LedgerPort,
         *,
         fold_case: bool,
         renders: int | None = None,
@@ -94,7 +94,7 @@ class OutputWriter:
     def _reserve(self, item: Item, slot: int, spec: OutputSpec) -> str:
         candidates = output_candidates(item.path, spec.format.extension, spec.folder)
         return self.ledger.reserve_output(
-            item, item.path_lower, slot, spec.fingerprint(), candidates, fold_case=self.fold_case
+            item, slot, spec.fingerprint(), candidates, fold_case=self.fold_case
         )
 
 

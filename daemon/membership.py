@@ -77,8 +77,9 @@ class Membership:
     def close(self) -> None:
         """Stop beating and leave the ledger (a clean stop: the name is free at once)."""
         self._halt.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is None:
+            return
+        self._thread.join()
         try:
             self.ledger.deregister_node()
         except CutoutdError as exc:  # the row simply expires

@@ -28,7 +28,6 @@ OUTCOMES = ("succeeded", "failed", "skipped")
 RETRY_REASONS = ("transient", "rate_limited")
 ENGINE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 END_TO_END_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0)
-Health = Callable[[], str | None]  # None when healthy, else the reason
 
 
 class _RateLimitedCollector(Collector):
@@ -67,6 +66,21 @@ class _HardwareCollector(Collector):
             "cutoutd_engine_hardware", "What runs the model (always 1)", labels=labels
         )
         family.add_metric([self.engine, *hardware.values()], 1.0)
+        yield family
+
+
+class _RoleCollector:
+    """This node's role on its ledger: `lister` (lists, longpolls, sweeps moves) or
+    `worker` (another node lists)."""
+
+    def __init__(self, read: Callable[[], str]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "cutoutd_node_role", "This node's role on a shared ledger", labels=["role"]
+        )
+        family.add_metric([self.read()], 1.0)
         yield family
 
 
@@ -195,6 +209,10 @@ class Metrics:
 
     def track_spool(self, size: Callable[[], int]) -> None:
         self.spool_bytes.set_function(lambda: float(size()))
+
+    def track_role(self, role: Callable[[], str]) -> None:
+        """`cutoutd_node_role{role="lister"} 1` (or `worker`): read at scrape time."""
+        self.registry.register(_RoleCollector(role))
 
     def poll_succeeded(self, unix_time: float) -> None:
         self.last_poll.set(unix_time)

@@ -15,7 +15,7 @@ import logging
 import threading
 
 from daemon.errors import CutoutdError, ItemGoneError, LostClaimError, TransientError
-from daemon.ledger import Ledger
+from daemon.ledger_port import LedgerPort
 from daemon.logs import context
 from daemon.models import Area, Item
 from daemon.storage.base import Storage
@@ -30,7 +30,11 @@ class Relocator:
     `delete` or None (leave the input where it is)."""
 
     def __init__(
-        self, storage: Storage, ledger: Ledger, stop: threading.Event, linger: float = BATCH_LINGER
+        self,
+        storage: Storage,
+        ledger: LedgerPort,
+        stop: threading.Event,
+        linger: float = BATCH_LINGER,
     ) -> None:
         self.storage = storage
         self.ledger = ledger

@@ -54,9 +54,12 @@ def claim_statement(
     now: Any,
     lease: timedelta,
     dedupe: bool,
+    started_at: datetime,
 ) -> Update:
     """Take the oldest due pending revision whose input (and, with `dedupe`, whose content)
-    no other claim holds: one statement, returning the claimed row."""
+    no other claim holds: one statement, returning the claimed row. `now` (the database's
+    clock on PostgreSQL) decides what is due and when the lease ends; `started_at` is the
+    audit trail's time, the ledger's clock like every other time the audit compares."""
     busy = aliased(ItemRow)
     due = or_(ItemRow.next_attempt_at.is_(None), ItemRow.next_attempt_at <= now)
     candidate = select(ItemRow.id).where(
@@ -84,7 +87,7 @@ def claim_statement(
         .values(
             status=ItemStatus.PROCESSING,
             attempts=ItemRow.attempts + 1,
-            started_at=now,
+            started_at=started_at,
             claimed_by=node_id,
             lease_expires_at=later(now, lease),
             next_attempt_at=None,

@@ -26,8 +26,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from daemon import __version__
 from daemon.errors import NodeConflictError
 from daemon.ledger.claims import database_now, fresh_token, is_postgresql, later
-from daemon.ledger.database import current_revision, head_revision
-from daemon.ledger.outputs import OutputLedger
+from daemon.ledger.database import current_revision, head_revision, migrate
+from daemon.ledger.outcomes import Outcomes
 from daemon.ledger.schema import ItemRow, LeaseRow, NodeRow
 from daemon.models import ItemStatus
 
@@ -56,7 +56,7 @@ def _insert(connection: Connection) -> Any:
     return pg_insert if is_postgresql(connection) else sqlite_insert
 
 
-class NodeLedger(OutputLedger):
+class NodeLedger(Outcomes):
     """The ledger's operations on nodes and leases."""
 
     schema_problem: str | None = None  # why this node claims nothing (schema mismatch)
@@ -83,6 +83,15 @@ class NodeLedger(OutputLedger):
                 f"({needed}): upgrade cutoutd on this node"
             )
         return self.schema_problem
+
+    def prepare_schema(self) -> bool:
+        """At a node's start; True when the schema changed. A SQLite ledger (one machine)
+        is migrated as it always was. On PostgreSQL only an empty database gets its schema
+        here: an upgrade is `cutoutd ledger migrate`, explicit, and until then a node whose
+        code needs another schema claims nothing (`check_schema`)."""
+        if not self.shared or current_revision(self.engine) is None:
+            return migrate(self.engine)
+        return False
 
     # -- membership -------------------------------------------------------------------------
 

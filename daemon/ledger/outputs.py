@@ -21,8 +21,7 @@ class OutputLedger(LedgerReader):
 
     def reserve_output(
         self,
-        item: Item | int,
-        path_lower: str,
+        item: Item,
         slot: int,
         spec: str,
         candidates: Sequence[str],
@@ -40,6 +39,7 @@ class OutputLedger(LedgerReader):
         case-sensitive: there both names are free. Fenced on a claimed Item's token.
         """
         item_id, fence = claim_fence(item)
+        path_lower = item.path_lower
         with self.transaction() as connection:
             if fence:
                 require_claim(connection, item_id, fence)
@@ -71,7 +71,7 @@ class OutputLedger(LedgerReader):
                 return candidate
         raise PermanentItemError(f"every output name is taken: {', '.join(candidates)}")
 
-    def record_output_written(self, item: Item | int, slot: int, size: int) -> None:
+    def record_output_written(self, item: Item, slot: int, size: int) -> None:
         """The file of output `slot` is whole in output/. Fenced on a claimed Item's token."""
         item_id, fence = claim_fence(item)
         with self.transaction() as connection:

@@ -1,17 +1,14 @@
-"""The ledger's write side: record discoveries with their cursor, claim, and transition.
+"""The ledger's write side: record discoveries with their cursor, claim, and recover.
 
-Every transition is a compare-and-set (`UPDATE ... WHERE id=:id AND status=:expected`,
-and, for a claimed `Item`, `AND claim_token=:token`); a rowcount other than 1 raises
-LostClaimError. Each transition appends an event row in the same transaction. Claims,
-fencing and the database clock: see `daemon.ledger.claims`.
+Transitions (daemon.ledger.outcomes) are compare-and-sets fenced on the claim's token;
+claims, fencing and the database clock: see daemon.ledger.claims; nodes and leases:
+daemon.ledger.nodes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +16,9 @@ from sqlalchemy import ColumnElement, Connection, delete, exc, insert, or_, sele
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from daemon.errors import CursorMovedError, LostClaimError, SchemaMismatchError
+from daemon.errors import CursorMovedError, SchemaMismatchError
 from daemon.ledger.claims import (
     CLAIM_ATTEMPTS,
-    claim_fence,
     claim_statement,
     database_now,
     fresh_token,
@@ -32,12 +28,11 @@ from daemon.ledger.claims import (
 )
 from daemon.ledger.database import migrate
 from daemon.ledger.nodes import NodeLedger
-from daemon.ledger.outputs import require_claim
+from daemon.ledger.outcomes import RELEASED
 from daemon.ledger.queries import Clock, to_item, utcnow
-from daemon.ledger.schema import CursorRow, EventRow, ItemRow, NotificationRow
-from daemon.models import ChangeBatch, DeletedEntry, Item, ItemStatus, RemoteFile, SubmittedJob
+from daemon.ledger.schema import CursorRow, ItemRow, NotificationRow
+from daemon.models import ChangeBatch, DeletedEntry, Item, ItemStatus, RemoteFile
 
-ACTIVE = (ItemStatus.PENDING, ItemStatus.PROCESSING)
 UNSET: Any = object()  # `record_changes(since=...)` not given: store the cursor unchecked
 
 
@@ -95,42 +90,6 @@ class Ledger(NodeLedger):
 
     def migrate(self) -> bool:
         return migrate(self.engine)
-
-    # -- events ---------------------------------------------------------------------------
-
-    def _event(
-        self,
-        connection: Connection,
-        item_id: int,
-        event: str,
-        *,
-        from_status: str | None = None,
-        to_status: str | None = None,
-        actor: str | None = None,
-        **detail: Any,
-    ) -> None:
-        connection.execute(
-            insert(EventRow).values(
-                item_id=item_id,
-                at=self.clock(),
-                event=event,
-                from_status=from_status,
-                to_status=to_status,
-                actor=actor or self.node_id,
-                detail=json.dumps(detail, sort_keys=True, default=str) if detail else None,
-            )
-        )
-
-    def record_event(
-        self, item: Item | int, event: str, actor: str | None = None, **detail: Any
-    ) -> None:
-        """Append an event. About a claimed Item: only while the claim is current
-        (LostClaimError otherwise), so a node that lost it leaves no trace."""
-        item_id, fence = claim_fence(item)
-        with self.transaction() as connection:
-            if fence:
-                require_claim(connection, item_id, fence)
-            self._event(connection, item_id, event, actor=actor, **detail)
 
     # -- discovery ------------------------------------------------------------------------
 
@@ -248,81 +207,7 @@ class Ledger(NodeLedger):
         with self.transaction() as connection:
             connection.execute(delete(CursorRow).where(CursorRow.storage_key == storage_key))
 
-    # -- transitions ----------------------------------------------------------------------
-
-    def _transition(
-        self,
-        connection: Connection,
-        item_id: int,
-        expected: ItemStatus,
-        target: ItemStatus,
-        event: str,
-        values: Mapping[str, Any],
-        actor: str | None = None,
-        fence: Sequence[ColumnElement[bool]] = (),
-        **detail: Any,
-    ) -> None:
-        """`fence`: the claim token check of a claimed Item (see claims.claim_fence). A row
-        leaving `processing` drops its claim token; one that must move next gets the move
-        claim, fenced by the token of the claim that finished it."""
-        values = dict(values)
-        if expected == ItemStatus.PROCESSING and target != ItemStatus.PROCESSING:
-            values.setdefault("claim_token", None)
-            values.setdefault("dedupe_key", None)
-            if values.get("relocate_to") is not None:
-                now = database_now(connection, self.clock)
-                values.update(
-                    move_claimed_by=self.node_id,
-                    move_token=ItemRow.claim_token,
-                    move_lease_expires_at=later(now, self.lease),
-                )
-        result = connection.execute(
-            update(ItemRow)
-            .where(ItemRow.id == item_id, ItemRow.status == expected, *fence)
-            .values(status=target, **values)
-        )
-        if result.rowcount != 1:
-            raise LostClaimError(
-                f"item {item_id} is no longer {expected}"
-                + (" under this claim (taken over)" if fence else "")
-            )
-        self._event(
-            connection,
-            item_id,
-            event,
-            from_status=expected,
-            to_status=target,
-            actor=actor,
-            **detail,
-        )
-
-    def transition(
-        self,
-        item: Item | int,
-        expected: ItemStatus,
-        target: ItemStatus,
-        event: str,
-        values: Mapping[str, Any] | None = None,
-        actor: str | None = None,
-        **detail: Any,
-    ) -> Item:
-        """Compare-and-set `item` from `expected` to `target`. A claimed Item (one that
-        `claim_next` handed out) is fenced on its claim token: LostClaimError once another
-        node took the claim over, and nothing changes."""
-        item_id, fence = claim_fence(item)
-        with self.transaction() as connection:
-            self._transition(
-                connection,
-                item_id,
-                expected,
-                target,
-                event,
-                values or {},
-                actor=actor,
-                fence=fence,
-                **detail,
-            )
-            return to_item(connection.execute(select(ItemRow).where(ItemRow.id == item_id)).one())
+    # -- claims -------------------------------------------------------------------------
 
     def claim_next(self) -> Item | None:
         """Take the oldest due pending revision: one statement (see daemon.ledger.claims),
@@ -340,6 +225,7 @@ class Ledger(NodeLedger):
                         now=database_now(connection, self.clock),
                         lease=self.lease,
                         dedupe=self.dedupe,
+                        started_at=self.clock(),
                     )
                     row = connection.execute(statement).first()
                     if row is None:
@@ -355,25 +241,6 @@ class Ledger(NodeLedger):
             except exc.IntegrityError:
                 continue  # another claim on the same input (or content) won: next row
         return None
-
-    def record_submission(self, item: Item | int, job: SubmittedJob, resubmitted: bool) -> None:
-        """Store the remote job before the first poll, so a restart (or the node taking
-        the claim over) resumes it rather than submitting again. Fenced on the claim."""
-        item_id, fence = claim_fence(item)
-        with self.transaction() as connection:
-            result = connection.execute(
-                update(ItemRow)
-                .where(ItemRow.id == item_id, ItemRow.status == ItemStatus.PROCESSING, *fence)
-                .values(job_id=job.job_id, status_url=job.status_url)
-            )
-            if result.rowcount != 1:
-                raise LostClaimError(f"item {item_id} is no longer processing under this claim")
-            self._event(
-                connection,
-                item_id,
-                "resubmitted" if resubmitted else "submitted",
-                job_id=job.job_id,
-            )
 
     def recover_expired(self) -> list[Item]:
         """Put back `processing` revisions whose lease ran out (their node stopped beating:
@@ -422,7 +289,7 @@ class Ledger(NodeLedger):
                 ItemStatus.PROCESSING,
                 ItemStatus.PENDING,
                 "recovered",
-                {"claimed_by": None, "lease_expires_at": None},
+                RELEASED,
                 fence=[ItemRow.claim_token == row.claim_token]
                 if row.claim_token is not None
                 else [],
@@ -489,36 +356,6 @@ class Ledger(NodeLedger):
         with self.transaction() as connection:
             found = connection.scalar(select(ItemRow.id).where(ItemRow.id == item_id, *fence))
         return found is not None
-
-    def mark_relocated(self, item: Item | int, archived_path: str | None, event: str) -> None:
-        """The input moved (or was deleted). Fenced on the move claim: LostClaimError, and
-        no event, when another node took the move over."""
-        self._end_move(item, event, {"archived_path": archived_path,
-                                     "archived_at": self.clock()}, path=archived_path)  # fmt: skip
-
-    def clear_relocation(self, item: Item | int, reason: str) -> None:
-        """The input stays where it is (changed or gone). Fenced like `mark_relocated`."""
-        self._end_move(item, "relocation.abandoned", {}, reason=reason)
-
-    def _end_move(
-        self, item: Item | int, event: str, values: Mapping[str, Any], **detail: Any
-    ) -> None:
-        item_id, fence = move_fence(item)
-        with self.transaction() as connection:
-            changed = connection.execute(
-                update(ItemRow)
-                .where(ItemRow.id == item_id, *fence)
-                .values(
-                    relocate_to=None,
-                    move_claimed_by=None,
-                    move_token=None,
-                    move_lease_expires_at=None,
-                    **values,
-                )
-            ).rowcount
-            if changed != 1:
-                raise LostClaimError(f"the move of item {item_id} was taken over")
-            self._event(connection, item_id, event, **detail)
 
     # -- notifications --------------------------------------------------------------------
 

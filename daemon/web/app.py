@@ -50,6 +50,8 @@ class LiveState:
     health: Callable[[], str | None]  # None when healthy, else the reason
     last_poll: Callable[[], float | None]  # unix time of the last successful poll
     metrics: Callable[[], tuple[bytes, str]] | None = None  # (exposition, content type)
+    role: Callable[[], str] = lambda: "lister"  # `lister` or `worker` (see daemon.watcher)
+    node: str = ""  # this node's name in the ledger
 
 
 class Actions(Protocol):
@@ -213,10 +215,20 @@ class Pages:
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    def healthz(self) -> tuple[str, int, dict[str, str]]:
+    def healthz(self) -> Response | tuple[str, int, dict[str, str]]:
+        """`ok` (200) or the reason (503), as plain text; as JSON with the node's name and
+        role (`lister` or `worker`) when asked for it (`Accept: application/json`)."""
         reason = self.live.health()
+        status = 200 if reason is None else 503
+        if request.accept_mimetypes.best == "application/json":
+            body = {"status": "ok" if reason is None else "unhealthy", "reason": reason,
+                    "node": self.live.node, "role": self.live.role()}  # fmt: skip
+            response = jsonify(body)
+            response.status_code = status
+            response.headers["Cache-Control"] = "no-store"
+            return response
         plain = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
-        return ("ok\n", 200, plain) if reason is None else (f"{reason}\n", 503, plain)
+        return ("ok\n" if reason is None else f"{reason}\n", status, plain)
 
     def metrics(self) -> Response:
         if self.live.metrics is None:

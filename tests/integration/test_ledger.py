@@ -104,7 +104,7 @@ def test_submission_stored_and_recovered(ledger: Ledger) -> None:
     item = ledger.claim_next()
     assert item is not None
     ledger.record_submission(
-        item.id, SubmittedJob("urn:ff:jobs:1", "http://x/status/1"), resubmitted=False
+        item, SubmittedJob("urn:ff:jobs:1", "http://x/status/1"), resubmitted=False
     )
     restarted = Ledger(ledger.url, node_id="host-a:1")  # the same node, after a crash
     recovered = restarted.recover_at_start()
@@ -233,6 +233,6 @@ def test_migration_0003_copies_existing_outputs(ledger_url: str) -> None:
     # the name stays A.jpg's: another input with that stem gets the fallback name
     old.record_changes("s", ChangeBatch((file("a.png"),), "c1"), "local")
     other = next(i for i in old.list_items() if i.path == "a.png")
-    taken = old.reserve_output(other.id, other.path_lower, 0, "spec", ["a.png", "a.png.png"])
+    taken = old.reserve_output(other, 0, "spec", ["a.png", "a.png.png"])
     assert taken == "a.png.png"
     old.close()

@@ -152,7 +152,7 @@ def test_a_stale_tokens_every_write_raises_and_changes_nothing(nodes: Nodes) -> 
         lambda: a.transition(stale, ItemStatus.PROCESSING, ItemStatus.FAILED, "failed"),
         lambda: a.record_submission(stale, SubmittedJob("urn:2", "http://x/2"), False),
         lambda: a.record_event(stale, "result_received"),
-        lambda: a.reserve_output(stale, stale.path_lower, 0, "spec", ["x.png"]),
+        lambda: a.reserve_output(stale, 0, "spec", ["x.png"]),
         lambda: a.record_output_written(stale, 0, 10),
         lambda: a.mark_relocated(stale, "archive/x.jpg", "moved_to_archive"),
         lambda: a.clear_relocation(stale, "gone"),
@@ -163,7 +163,7 @@ def test_a_stale_tokens_every_write_raises_and_changes_nothing(nodes: Nodes) -> 
     assert snapshot(b, stale.id) == before
     # the current claim's writes go through
     b.record_submission(taken, SubmittedJob("urn:3", "http://x/3"), False)
-    assert b.reserve_output(taken, taken.path_lower, 0, "spec", ["x.png"]) == "x.png"
+    assert b.reserve_output(taken, 0, "spec", ["x.png"]) == "x.png"
     b.record_output_written(taken, 0, 10)
     b.transition(
         taken, ItemStatus.PROCESSING, ItemStatus.SUCCEEDED, "succeeded", {"relocate_to": "archive"}
@@ -473,9 +473,7 @@ def test_concurrent_reservers_never_share_an_output_name(nodes: Nodes) -> None:
         start.wait()
         for path in share:
             item = items[path]
-            name = ledger.reserve_output(
-                item.id, item.path_lower, 0, "spec", output_candidates(path, "png")
-            )
+            name = ledger.reserve_output(item, 0, "spec", output_candidates(path, "png"))
             with lock:
                 names[path] = name
 
@@ -505,10 +503,8 @@ def test_a_rerun_keeps_its_names_and_case_folding_counts(nodes: Nodes) -> None:
     a = nodes.node("a")
     discover(a, "Shoe.jpg", "shoe.PNG")
     first, second = a.list_items(newest_first=False)
-    assert a.reserve_output(first, first.path_lower, 0, "s", ["Shoe.png"]) == "Shoe.png"
-    assert a.reserve_output(first, first.path_lower, 0, "s", ["Shoe.png"]) == "Shoe.png"
+    assert a.reserve_output(first, 0, "s", ["Shoe.png"]) == "Shoe.png"
+    assert a.reserve_output(first, 0, "s", ["Shoe.png"]) == "Shoe.png"
     with pytest.raises(Exception, match="every output name is taken"):
-        a.reserve_output(second, second.path_lower, 0, "s", ["shoe.png"])
-    assert a.reserve_output(second, second.path_lower, 0, "s", ["shoe.png", "shoe.PNG.png"]) == (
-        "shoe.PNG.png"
-    )
+        a.reserve_output(second, 0, "s", ["shoe.png"])
+    assert a.reserve_output(second, 0, "s", ["shoe.png", "shoe.PNG.png"]) == ("shoe.PNG.png")
