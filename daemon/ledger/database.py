@@ -23,12 +23,19 @@ _PG_MIGRATION_LOCK = 0x6375746F  # "cuto"
 
 
 def create_database_engine(
-    url: str, *, writer: bool = True, pool_size: int | None = None
+    url: str,
+    *,
+    writer: bool = True,
+    pool_size: int | None = None,
+    idle_in_transaction: float | None = None,
 ) -> Engine:
     """An Engine for `url`. SQLite: WAL, busy timeout, foreign keys, and `BEGIN IMMEDIATE`
     for writers so two writers queue on the busy timeout instead of deadlocking.
     PostgreSQL: `pool_size` connections kept open (`[ledger] pool_size`; SQLAlchemy's 5
-    when None), as many again opened under bursts; sessions in UTC."""
+    when None), as many again opened under bursts; sessions in UTC. `idle_in_transaction`
+    (seconds): the server ends a session that sits that long inside a transaction, so a
+    node frozen or cut off mid-transaction (SIGSTOP, a paused VM) cannot hold its row and
+    advisory locks (submission slots, leases, the cursor) from the other nodes for longer."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -42,6 +49,9 @@ def create_database_engine(
             # naive UTC values are bound to timestamptz columns: read them as UTC
             cursor = dbapi_connection.cursor()
             cursor.execute("SET TIME ZONE 'UTC'")
+            if idle_in_transaction:
+                milliseconds = max(1000, int(idle_in_transaction * 1000))
+                cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
             cursor.close()
             dbapi_connection.commit()
 

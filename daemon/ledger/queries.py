@@ -64,7 +64,9 @@ class LedgerReader:
         pool_size: int | None = None,
     ) -> None:
         self.url = url
-        self.engine = create_database_engine(url, writer=writer, pool_size=pool_size)
+        self.engine = create_database_engine(
+            url, writer=writer, pool_size=pool_size, idle_in_transaction=lease_seconds
+        )
         self.clock = clock
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
