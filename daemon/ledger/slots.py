@@ -43,7 +43,7 @@ class SubmitSlots:
 
     def _now(self, connection: Connection) -> datetime:
         if is_postgresql(connection):
-            now = connection.scalar(select(func.now()))
+            now = connection.scalar(select(func.clock_timestamp()))
             assert isinstance(now, datetime)
             return now
         return self.ledger.clock()
