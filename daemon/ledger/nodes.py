@@ -34,6 +34,17 @@ from daemon.models import ItemStatus
 LISTER = "lister"
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 probes it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by someone else
+        return True
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class NodeReport:
     """One node as `cutoutd nodes` shows it."""
@@ -126,6 +137,16 @@ class NodeLedger(Outcomes):
                 live = connection.execute(
                     select(NodeRow, func.now().label("db_now")).where(NodeRow.name == self.node_id)
                 ).one()
+                if live.host == values["host"] and not _process_alive(live.pid):
+                    # an earlier run of this node on this machine, gone (a crash, then a
+                    # restart): its name is free now, not only once its lease lapses
+                    connection.execute(
+                        update(NodeRow)
+                        .where(NodeRow.name == self.node_id, NodeRow.instance == live.instance)
+                        .values(**{k: v for k, v in values.items() if k != "name"})
+                    )
+                    self.instance = instance
+                    return
                 ago = (live.db_now - live.heartbeat_at).total_seconds()
                 left = (live.expires_at - live.db_now).total_seconds()
                 raise NodeConflictError(

@@ -10,6 +10,9 @@ is moved instead.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -270,6 +273,23 @@ def test_a_live_node_name_is_refused(nodes: Nodes) -> None:
     first.deregister_node()  # a clean stop frees the name at once
     second.register_node()
     second.heartbeat()
+
+
+def test_a_crashed_run_on_this_machine_frees_its_name_at_once(nodes: Nodes) -> None:
+    """A node killed (no deregistering) and restarted by systemd with the same name: the
+    earlier run's pid is gone from this machine, so the name is not held for its lease."""
+    crash = (
+        "import os, sys; from daemon.ledger import Ledger; "
+        "ledger = Ledger(sys.argv[1], node_id='shop-1', lease_seconds=600); "
+        "ledger.register_node(); os._exit(0)"
+    )
+    nodes.node("observer")  # the schema
+    subprocess.run([sys.executable, "-c", crash, nodes.url], check=True, timeout=60)
+    restarted = nodes.node("shop-1")
+    restarted.register_node()
+    restarted.heartbeat()
+    [report] = restarted.node_reports()
+    assert (report.name, report.pid, report.alive) == ("shop-1", os.getpid(), True)
 
 
 def test_a_dead_nodes_name_is_free_after_its_lease(nodes: Nodes) -> None:
