@@ -528,3 +528,16 @@ def test_a_rerun_keeps_its_names_and_case_folding_counts(nodes: Nodes) -> None:
     with pytest.raises(Exception, match="every output name is taken"):
         a.reserve_output(second, 0, "s", ["shoe.png"])
     assert a.reserve_output(second, 0, "s", ["shoe.png", "shoe.PNG.png"]) == ("shoe.PNG.png")
+
+
+def test_the_photoshop_engine_shares_its_limit_only_on_postgresql(nodes: Nodes) -> None:
+    from daemon.compose import shared_submit_limiter
+    from daemon.config import parse_settings
+
+    settings = parse_settings({"ledger": {"url": nodes.url}})
+    make = shared_submit_limiter(settings, nodes.node("a"))
+    if not nodes.postgresql:
+        assert make is None  # one machine: the in-memory limiter
+        return
+    assert make is not None
+    assert isinstance(make(SystemClock()), SharedSubmitLimiter)
