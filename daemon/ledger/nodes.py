@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, case, delete, func, select, update
@@ -32,6 +32,7 @@ from daemon.ledger.schema import ItemRow, LeaseRow, NodeRow
 from daemon.models import ItemStatus
 
 LISTER = "lister"
+FORGET_AFTER = timedelta(days=1)  # `cutoutd nodes` shows a dead node this long
 
 
 def _process_alive(pid: int) -> bool:
@@ -188,6 +189,8 @@ class NodeLedger(Outcomes):
                 .where(LeaseRow.holder == self.node_id, LeaseRow.expires_at >= now)
                 .values(expires_at=until)
             )
+            # rows of nodes gone for a day go (`<hostname>:<pid>` names pile up otherwise)
+            connection.execute(delete(NodeRow).where(NodeRow.expires_at < now - FORGET_AFTER))
 
     def deregister_node(self) -> None:
         """A clean stop: the row goes, and the lister lease with it (claims were given back)."""
