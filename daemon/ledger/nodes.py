@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, case, delete, func, select, update
@@ -32,6 +32,18 @@ from daemon.ledger.schema import ItemRow, LeaseRow, NodeRow
 from daemon.models import ItemStatus
 
 LISTER = "lister"
+FORGET_AFTER = timedelta(days=1)  # `cutoutd nodes` shows a dead node this long
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 probes it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by someone else
+        return True
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +138,16 @@ class NodeLedger(Outcomes):
                 live = connection.execute(
                     select(NodeRow, func.now().label("db_now")).where(NodeRow.name == self.node_id)
                 ).one()
+                if live.host == values["host"] and not _process_alive(live.pid):
+                    # an earlier run of this node on this machine, gone (a crash, then a
+                    # restart): its name is free now, not only once its lease lapses
+                    connection.execute(
+                        update(NodeRow)
+                        .where(NodeRow.name == self.node_id, NodeRow.instance == live.instance)
+                        .values(**{k: v for k, v in values.items() if k != "name"})
+                    )
+                    self.instance = instance
+                    return
                 ago = (live.db_now - live.heartbeat_at).total_seconds()
                 left = (live.expires_at - live.db_now).total_seconds()
                 raise NodeConflictError(
@@ -167,6 +189,8 @@ class NodeLedger(Outcomes):
                 .where(LeaseRow.holder == self.node_id, LeaseRow.expires_at >= now)
                 .values(expires_at=until)
             )
+            # rows of nodes gone for a day go (`<hostname>:<pid>` names pile up otherwise)
+            connection.execute(delete(NodeRow).where(NodeRow.expires_at < now - FORGET_AFTER))
 
     def deregister_node(self) -> None:
         """A clean stop: the row goes, and the lister lease with it (claims were given back)."""

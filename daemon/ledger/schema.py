@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -28,6 +29,11 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def partial(condition: str) -> dict[str, Any]:
+    """An index's WHERE clause on both backends."""
+    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -49,35 +55,23 @@ class ItemRow(Base):
         Index("ix_items_archived_path", "archived_path"),
         Index("ix_items_claimed_by", "claimed_by", "status"),
         # the claim's scan: pending rows only, oldest first, whatever the table's size
-        Index(
-            "ix_items_pending_id",
-            "id",
-            sqlite_where=text("status = 'pending'"),
-            postgresql_where=text("status = 'pending'"),
-        ),
+        Index("ix_items_pending_id", "id", **partial("status = 'pending'")),
         Index("ix_items_move_claimed_by", "move_claimed_by"),
         # Never two claims at once on one input, nor (dedupe on) on one content hash.
         Index(
             "uq_items_processing_path",
             "path_lower",
             unique=True,
-            sqlite_where=text("status = 'processing'"),
-            postgresql_where=text("status = 'processing'"),
+            **partial("status = 'processing'"),
         ),
+        # NOT NULL: the planner never takes it for the one-claim-per-input check
         Index(
             "uq_items_processing_hash",
             "dedupe_key",
             unique=True,
-            # NOT NULL: the planner never takes it for the one-claim-per-input check
-            sqlite_where=text("status = 'processing' AND dedupe_key IS NOT NULL"),
-            postgresql_where=text("status = 'processing' AND dedupe_key IS NOT NULL"),
+            **partial("status = 'processing' AND dedupe_key IS NOT NULL"),
         ),
-        Index(
-            "ix_items_duplicates",
-            "finished_at",
-            sqlite_where=text("last_error LIKE 'duplicate of %'"),
-            postgresql_where=text("last_error LIKE 'duplicate of %'"),
-        ),
+        Index("ix_items_duplicates", "finished_at", **partial("last_error LIKE 'duplicate of %'")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -3,6 +3,7 @@ and /healthz in its healthy and unhealthy states."""
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from daemon.service import Service
 from daemon.storage.local import LocalStorage
 from daemon.web.server import WebServer
 from tests.helpers import ChromaKeyEngine, write_shape
+from tests.postgres import private_schema
 
 MakeService = Callable[..., Service]
 HTTP_ON = {"enabled": True, "port": 0}
@@ -199,3 +201,46 @@ def test_healthz_follows_the_poll_loop_and_the_credentials(
         assert get(f"http://127.0.0.1:{server.port}/nope")[0] == 404
     finally:
         service.close()
+
+
+def get_json(url: str) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read())
+        exc.close()
+        return exc.code, body
+
+
+def test_two_nodes_on_postgresql_report_their_roles(
+    make_settings: Callable[..., Settings], servers: list[WebServer]
+) -> None:
+    """Two services on one PostgreSQL ledger: the first pass elects the lister; the other
+    node works without listing, and both are healthy."""
+    with private_schema() as url:
+        nodes = []
+        try:
+            for name in ("shop-a", "shop-b"):
+                settings = make_settings(http=HTTP_ON, ledger={"url": url, "node_id": name})
+                service = Service(settings, engine=ChromaKeyEngine())
+                nodes.append(service)
+                service.start()
+            for service in nodes:
+                service.watcher.discover()
+            roles = []
+            for service in nodes:
+                server = serve(service, servers)
+                status, body = get_json(f"http://127.0.0.1:{server.port}/healthz")
+                assert status == 200
+                roles.append((body["node"], body["role"], body["status"]))
+                assert get(f"http://127.0.0.1:{server.port}/healthz") == (200, "ok\n")
+                samples = scrape(server)
+                role = str(body["role"])
+                assert samples[("cutoutd_node_role", (("role", role),))] == 1.0
+            assert roles == [("shop-a", "lister", "ok"), ("shop-b", "worker", "ok")]
+            assert [r.lister for r in nodes[1].ledger.node_reports()] == [True, False]
+        finally:
+            for service in nodes:
+                service.close()

@@ -10,23 +10,39 @@ is moved instead.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from daemon.config import Settings
 from daemon.engines.ratelimit import SystemClock
 from daemon.engines.shared_limit import SharedSubmitLimiter
 from daemon.errors import CursorMovedError, LostClaimError, NodeConflictError
 from daemon.ledger import Ledger
 from daemon.ledger.slots import SubmitSlots
-from daemon.models import ChangeBatch, DeletedEntry, ItemStatus, RemoteFile, SubmittedJob
+from daemon.models import (
+    ChangeBatch,
+    Cutout,
+    DeletedEntry,
+    EngineJob,
+    ItemStatus,
+    RemoteFile,
+    SubmittedJob,
+)
+from daemon.pipeline import Pipeline
 from daemon.profiles import output_candidates
+from daemon.storage.local import LocalStorage
+from tests.helpers import ChromaKeyEngine, write_shape
 
-SHORT_LEASE = 0.4  # seconds, PostgreSQL (its own clock)
+SHORT_LEASE = 1.0  # seconds, PostgreSQL (its own clock); margins hold on a loaded machine
 
 
 def file(path: str, rev: str = "015f1a2b3c", content_hash: str | None = None) -> RemoteFile:
@@ -272,6 +288,23 @@ def test_a_live_node_name_is_refused(nodes: Nodes) -> None:
     second.heartbeat()
 
 
+def test_a_crashed_run_on_this_machine_frees_its_name_at_once(nodes: Nodes) -> None:
+    """A node killed (no deregistering) and restarted by systemd with the same name: the
+    earlier run's pid is gone from this machine, so the name is not held for its lease."""
+    crash = (
+        "import os, sys; from daemon.ledger import Ledger; "
+        "ledger = Ledger(sys.argv[1], node_id='shop-1', lease_seconds=600); "
+        "ledger.register_node(); os._exit(0)"
+    )
+    nodes.node("observer")  # the schema
+    subprocess.run([sys.executable, "-c", crash, nodes.url], check=True, timeout=60)
+    restarted = nodes.node("shop-1", lease_seconds=60.0)  # alive while the test looks
+    restarted.register_node()
+    restarted.heartbeat()
+    [report] = restarted.node_reports()
+    assert (report.name, report.pid, report.alive) == ("shop-1", os.getpid(), True)
+
+
 def test_a_dead_nodes_name_is_free_after_its_lease(nodes: Nodes) -> None:
     first = nodes.node("shop-1")
     first.register_node()
@@ -508,3 +541,70 @@ def test_a_rerun_keeps_its_names_and_case_folding_counts(nodes: Nodes) -> None:
     with pytest.raises(Exception, match="every output name is taken"):
         a.reserve_output(second, 0, "s", ["shoe.png"])
     assert a.reserve_output(second, 0, "s", ["shoe.png", "shoe.PNG.png"]) == ("shoe.PNG.png")
+
+
+def test_the_photoshop_engine_shares_its_limit_only_on_postgresql(nodes: Nodes) -> None:
+    from daemon.compose import shared_submit_limiter
+    from daemon.config import parse_settings
+
+    settings = parse_settings({"ledger": {"url": nodes.url}})
+    make = shared_submit_limiter(settings, nodes.node("a"))
+    if not nodes.postgresql:
+        assert make is None  # one machine: the in-memory limiter
+        return
+    assert make is not None
+    assert isinstance(make(SystemClock()), SharedSubmitLimiter)
+
+
+# -- the pipeline on a claim taken over -------------------------------------------------------
+
+
+class HeldEngine(ChromaKeyEngine):
+    """Cuts out only when released: the node is stopped in the middle of an image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def cut_out(self, job: EngineJob) -> Cutout:
+        self.entered.set()
+        assert self.release.wait(60)
+        return super().cut_out(job)
+
+
+def test_a_node_whose_claim_was_taken_leaves_no_trace(
+    nodes: Nodes, make_settings: Callable[..., Settings], root: Path
+) -> None:
+    """Node a is held in its engine past its lease; b takes the image over. When a goes
+    on it writes no output, moves no input and records nothing; b's run is the one."""
+    write_shape(root / "input" / "a.jpg")
+    settings = make_settings(ledger={"url": nodes.url})
+    storage = LocalStorage(settings.source.root, settle_seconds=0)
+    storage.ensure_layout()
+    a, b = nodes.node("a"), nodes.node("b")
+    held = HeldEngine()
+    stop = threading.Event()
+    first = Pipeline(storage, held, a, settings, stop)
+    first.discover()
+    item = a.claim_next()
+    assert item is not None
+    worker = threading.Thread(target=first.process, args=(item,))
+    worker.start()
+    assert held.entered.wait(30)
+    nodes.expire()
+    assert [i.id for i in b.recover_expired()] == [item.id]
+    taken = b.claim_next()
+    assert taken is not None
+    held.release.set()  # a goes on, unaware
+    worker.join(60)
+    assert list((root / "output").iterdir()) == []
+    assert (root / "input" / "a.jpg").exists()
+    events = b.events(item.id)
+    recovered = [e["event"] for e in events].index("recovered")
+    assert {e["actor"] for e in events[recovered:]} == {"b"}
+    Pipeline(storage, ChromaKeyEngine(), b, settings, stop).process(taken)
+    assert [p.name for p in (root / "output").iterdir()] == ["a.png"]
+    assert [p.name for p in (root / "archive").iterdir()] == ["a.jpg"]
+    done = b.get(item.id)
+    assert done is not None and done.status == ItemStatus.SUCCEEDED
