@@ -64,8 +64,13 @@ class LedgerReader:
         pool_size: int | None = None,
     ) -> None:
         self.url = url
+        # A writer's locks must not outlive its lease; a reader (audit, export, the status
+        # page's queries) takes none, and may stream to a slow consumer.
         self.engine = create_database_engine(
-            url, writer=writer, pool_size=pool_size, idle_in_transaction=lease_seconds
+            url,
+            writer=writer,
+            pool_size=pool_size,
+            idle_in_transaction=lease_seconds if writer else None,
         )
         self.clock = clock
         self.node_id = node_id
