@@ -128,14 +128,15 @@ class DiscoverySchedule:
             self._interrupted = True
             self._passed.notify_all()
 
-    def wait_for_pass(self, after: int) -> PassResult | None:
+    def wait_for_pass(self, after: int, timeout: float | None = None) -> PassResult | None:
         """Wait until a pass numbered above `after` has ended and return it; None once
-        interrupted."""
+        interrupted, or when `timeout` seconds ran out first."""
         with self._passed:
-            self._passed.wait_for(
-                lambda: self._interrupted or (self._last is not None and self._last.number > after)
+            ended = self._passed.wait_for(
+                lambda: self._interrupted or (self._last is not None and self._last.number > after),
+                timeout,
             )
-            return None if self._interrupted else self._last
+            return None if self._interrupted or not ended else self._last
 
     @property
     def passes(self) -> int:
