@@ -1,8 +1,7 @@
 """Composition root: builds everything from settings (with the builders of `compose`),
 wires the worker pool, the change watcher and the health reporter, and runs the one loop
-that serves both `run` and `run --once` (discovery passes as an APScheduler job, see
-daemon.scheduling); handles signals and the drain. Only `cli`
-imports this module."""
+that serves both `run` and `run --once` over the discovery schedule (an APScheduler job,
+daemon.scheduling); handles signals and the drain. Only `cli` imports this module."""
 
 from __future__ import annotations
 
