@@ -154,13 +154,11 @@ class Pages:
         now = self.now()
         local_midnight = now.astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
         overview = self.dashboard.overview(now, local_midnight.astimezone(UTC))
-        newest = self.dashboard.page(ItemFilter((ItemStatus.SUCCEEDED,)), 1, 1).items
         return overview_record(
             overview,
             health=self.live.health(),
             last_poll=self.live.last_poll(),
             engine=self.live.engine,
-            newest_result=newest[0].id if newest else None,
         )
 
     def index(self) -> str:
