@@ -12,6 +12,14 @@ import pytest
 CUTOUTD = shutil.which("cutoutd", path=os.path.dirname(sys.executable)) or "cutoutd"
 
 
+@pytest.fixture(autouse=True)
+def private_state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Dropbox source keeps its state (thumbnails, spool) in `$XDG_STATE_HOME/cutoutd`:
+    each test gets its own, never the home directory of whoever runs the tests (where the
+    thumbnails of one test's ledger would be shown for another's revisions)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+
+
 def run_cutoutd(
     *args: str, timeout: float = 240, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,8 @@ exact `Content-Type: application/json`, `%Y-%m-%dT%H:%M:%SZ` timestamps, hex rev
 real `content_hash`, case-insensitive and case-preserving paths, a change log behind the
 cursors (so `continue` returns only what changed), longpoll on the notify "host" without
 auth, short-lived `sl.` access tokens behind `oauth2/token`, temporary links served by the
-fake itself, `save_url` jobs, batch moves and upload sessions.
+fake itself, `save_url` jobs, batch moves, upload sessions and thumbnails
+(`files/get_thumbnail_v2`, rendered by `dropbox_thumbnails`).
 
 Two ways to aim the real SDK at it:
 
@@ -51,6 +52,7 @@ import requests
 
 from daemon.hashing import content_hash_bytes
 from tests.fakes.dropbox_namespaces import Namespaces
+from tests.fakes.dropbox_thumbnails import ThumbnailRefused, render_thumbnail
 
 DROPBOX_ORIGINS = (
     "https://api.dropboxapi.com",
@@ -379,6 +381,7 @@ class FakeDropbox:
             "files/list_folder/longpoll": ("rpc", False, self._longpoll),
             "files/get_metadata": ("rpc", True, self._get_metadata),
             "files/download": ("download", True, self._download),
+            "files/get_thumbnail_v2": ("download", True, self._get_thumbnail),
             "files/upload": ("upload", True, self._upload),
             "files/upload_session/start": ("upload", True, self._session_start),
             "files/upload_session/append_v2": ("upload", True, self._session_append),
@@ -1127,6 +1130,25 @@ class FakeDropbox:
                 raise route_error({".tag": "path", "path": {".tag": "not_file"}})
             result = json.dumps(node.metadata(tagged=False))
         return Reply(200, node.data, "application/octet-stream", {"Dropbox-API-Result": result})
+
+    def _get_thumbnail(self, arg: dict[str, Any], body: bytes) -> Reply:
+        resource = arg["resource"]
+        if tag_of(resource) != "path":
+            raise route_error({".tag": "not_found"})  # shared links: not modelled
+        with self._cond:
+            try:
+                node = self._lookup(resource["path"])
+            except LookupFailed as exc:
+                raise route_error({".tag": "path", "path": exc.error}) from None
+            if node.kind != "file":
+                raise route_error({".tag": "path", "path": {".tag": "not_file"}})
+            name, data = split_path(node.path_display)[1], node.data
+            result = json.dumps({"file_metadata": node.metadata(tagged=False)})
+        try:
+            thumbnail = render_thumbnail(name, data, arg)
+        except ThumbnailRefused as exc:
+            raise route_error({".tag": exc.tag}) from None
+        return Reply(200, thumbnail, "application/octet-stream", {"Dropbox-API-Result": result})
 
     def _check_payload(self, arg: dict[str, Any], body: bytes, too_large: dict[str, Any]) -> None:
         if len(body) > self.max_request_bytes:
