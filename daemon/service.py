@@ -106,7 +106,14 @@ class Service:
         self.engines = [self.engine, *other_engines.values()]
         self.metrics = build_metrics(settings, self.engine)
         self.thumbnails = build_thumbnails(settings)
-        self.alerts = build_alerts(settings, self.ledger, self.engine.name, self.trouble)
+        self.last_poll_time: float | None = None  # unix time, for people
+        self.alerts = build_alerts(
+            settings,
+            self.ledger,
+            self.engine.name,
+            self.trouble,
+            polled=lambda: self.last_poll_time is not None,
+        )
         watchers = self.alerts.watchers if self.alerts is not None else []
         self.observers = Observers(
             [o for o in (self.metrics, self.thumbnails) if o is not None]
@@ -128,7 +135,6 @@ class Service:
         self._lock = threading.Lock()
         self.monotonic = monotonic
         self.last_poll_at: float | None = None
-        self.last_poll_time: float | None = None  # unix time, for people
         self.started_time = time.time()
         self.fatal: BaseException | None = None
         self.credential_error: str | None = None

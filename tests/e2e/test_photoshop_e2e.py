@@ -26,7 +26,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.e2e.conftest import CUTOUTD, run_cutoutd
+from tests.e2e.conftest import CUTOUTD, Daemon, run_cutoutd, wait_for
 from tests.fakes.dropbox_server import FakeDropbox
 from tests.fakes.photoshop_server import FakePhotoshop
 from tests.helpers import alpha_iou, encode, shape_image
@@ -281,8 +281,6 @@ def test_photoshop_images_get_a_before_thumbnail_from_dropbox_once(
     """cutoutd never holds a Photoshop input's bytes: the "before" picture is Dropbox's own
     thumbnail of that revision, asked once when the outputs are written. The page serves
     it from the state directory; loading the page asks Dropbox nothing."""
-    from tests.e2e.test_status_page import Daemon, wait_for
-
     images = {}
     for name, color in (("red.jpg", (200, 40, 40)), ("green.jpg", (40, 160, 60))):
         image, _ = shape_image((400, 300), shape="ellipse", color=color)

@@ -13,8 +13,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.conftest import CUTOUTD, run_cutoutd
+from tests.e2e.conftest import Daemon, run_cutoutd, wait_for
 from tests.helpers import write_shape
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -33,50 +31,6 @@ TOKEN = "page-token-5f1c9e2a7b"
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)"
 )
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Daemon:
-    """`cutoutd run` in the background; its JSON log lines tell the status page's port."""
-
-    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._stderr = log.open("w")
-        full_env = {**os.environ, **env}
-        full_env.pop("JOURNAL_STREAM", None)
-        self.process = subprocess.Popen(
-            [CUTOUTD, "--config", str(config), "run"],
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-            env=full_env,
-        )
-
-    def events(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def url(self) -> str:
-        def port() -> int | None:
-            assert self.process.poll() is None, self.log.read_text()[-2000:]
-            found = [e["port"] for e in self.events() if e.get("event") == "http.listening"]
-            return found[0] if found else None
-
-        return f"http://127.0.0.1:{wait_for(port, 60, 'the status page to listen')}"
-
-    def stop(self) -> int:
-        self.process.terminate()
-        code = self.process.wait(30)
-        self._stderr.close()
-        return code
 
 
 @pytest.fixture

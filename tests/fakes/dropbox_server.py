@@ -19,7 +19,8 @@ Two ways to aim the real SDK at it:
 
 Test helpers work on the state directly (`put_file`, `delete`, `files_under`, ...), and
 fault knobs (`rate_limit`, `server_errors`, `lock_contention`, `slow`, `expire_access_tokens`,
-`revoke_refresh_token`, `reset_cursors`, `drop_connections`, `reset_connections`, and
+`forget_access_tokens`, `revoke_refresh_token` / `reinstate_refresh_token`, `reset_cursors`,
+`drop_connections`, `reset_connections`, and
 `go_offline` / `come_back` on the same port) make it misbehave the way Dropbox does.
 """
 
@@ -364,6 +365,7 @@ class FakeDropbox:
         self._links: dict[str, tuple[str, float]] = {}
         self._refresh_tokens: dict[str, dict[str, Any]] = {}
         self._access_tokens: dict[str, float] = {}
+        self._forgotten: set[str] = set()  # access tokens now invalid (still secrets)
         self._codes: dict[str, str | None] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = False
@@ -556,6 +558,18 @@ class FakeDropbox:
         with self._cond:
             self._refresh_tokens[token or self.refresh_token]["revoked"] = True
 
+    def reinstate_refresh_token(self, token: str | None = None) -> None:
+        """The app is authorized again: the refresh token works anew."""
+        with self._cond:
+            self._refresh_tokens[token or self.refresh_token]["revoked"] = False
+
+    def forget_access_tokens(self) -> None:
+        """Every access token issued so far answers 401 `invalid_access_token` (revoked
+        from the account's settings); new ones can still be had with the refresh token."""
+        with self._cond:
+            self._forgotten.update(self._access_tokens)
+            self._access_tokens.clear()
+
     def expire_access_tokens(self) -> None:
         """Every access token issued so far answers 401 `expired_access_token`."""
         with self._cond:
@@ -564,8 +578,9 @@ class FakeDropbox:
 
     @property
     def access_tokens(self) -> list[str]:
+        """Every access token ever issued (for secret-leak checks)."""
         with self._cond:
-            return list(self._access_tokens)
+            return [*self._access_tokens, *sorted(self._forgotten)]
 
     @property
     def refresh_tokens(self) -> list[str]:

@@ -184,6 +184,33 @@ def test_revoked_refresh_token_is_invalid_grant(fake_dropbox: FakeDropbox, sdk_c
     assert fake_dropbox.counts["oauth2/token"] == 1
 
 
+def test_forgotten_access_tokens_and_a_reinstated_refresh_token(
+    fake_dropbox: FakeDropbox, sdk_client: Any
+) -> None:
+    """401 `invalid_access_token` is not refreshed by the SDK (only `expired_` is); a
+    revoked refresh token works again once reinstated."""
+    fake_dropbox.make_folder("/In")
+    sdk_client.files_get_metadata("/In")
+    first = fake_dropbox.access_tokens
+    fake_dropbox.forget_access_tokens()
+    with pytest.raises(sdk_errors.AuthError) as caught:
+        sdk_client.files_get_metadata("/In")
+    assert caught.value.error.is_invalid_access_token()
+    assert fake_dropbox.counts["oauth2/token"] == 1
+    assert fake_dropbox.access_tokens == first  # still known as secrets
+
+    fake_dropbox.revoke_refresh_token()
+    fake_dropbox.reinstate_refresh_token()
+    fresh = dropbox.Dropbox(
+        oauth2_refresh_token=fake_dropbox.refresh_token,
+        app_key=fake_dropbox.app_key,
+        app_secret=fake_dropbox.app_secret,
+        session=fake_dropbox.session(),
+    )
+    assert fresh.files_get_metadata("/In").name == "In"
+    assert fake_dropbox.counts["oauth2/token"] == 2
+
+
 def test_rate_limit_json_text_and_write_lock(fake_dropbox: FakeDropbox, sdk_client: Any) -> None:
     fake_dropbox.rate_limit(1, retry_after=7)
     with pytest.raises(sdk_errors.RateLimitError) as caught:
