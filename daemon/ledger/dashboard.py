@@ -52,6 +52,7 @@ class Overview:
     hourly: list[Bucket]  # the last 48 hours, oldest first
     submissions_today: int
     newest_result: int | None  # the id of the latest revision that succeeded
+    newest_failure: int | None  # the id of the latest revision that failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ def _since(name: str) -> Any:
 
 def _counts_statement() -> Any:
     """Outcomes since `day`, `week` and `settled`, the requeues ever made, the queue,
-    today's submissions and the newest success: one row."""
+    today's submissions and the newest success and failure: one row."""
     outcome = [ItemRow.status == s for s in OUTCOMES]
     finished = ItemRow.finished_at
     pending = ItemRow.status == ItemStatus.PENDING
@@ -80,9 +81,10 @@ def _counts_statement() -> Any:
         count_of(pending, ItemRow.attempts > 0),
         count_of(ItemRow.status == ItemStatus.PROCESSING),
         count_of(EventRow.event.in_(SUBMISSION_EVENTS), EventRow.at >= _since("day")),
-        select(func.max(ItemRow.id))
-        .where(ItemRow.status == ItemStatus.SUCCEEDED)
-        .scalar_subquery(),
+        *(
+            select(func.max(ItemRow.id)).where(ItemRow.status == s).scalar_subquery()
+            for s in (ItemStatus.SUCCEEDED, ItemStatus.FAILED)
+        ),
     ]
     return select(*probes)
 
@@ -141,7 +143,7 @@ class Dashboard(LedgerAudit):
             row = connection.execute(self._counts_query, since).one()
             n = len(OUTCOMES)
             today, week, recent = (row[i * n : (i + 1) * n] for i in range(3))
-            requeues, pending, retrying, processing, submissions, newest = row[3 * n :]
+            requeues, pending, retrying, processing, submissions, succeeded, failed = row[3 * n :]
             before = self._settled_counts(connection, settled, requeues)
             hourly = self._hourly(connection, now)
         return Overview(
@@ -151,7 +153,8 @@ class Dashboard(LedgerAudit):
             queue=Queue(pending, retrying, processing),
             hourly=hourly,
             submissions_today=submissions,
-            newest_result=newest,
+            newest_result=succeeded,
+            newest_failure=failed,
         )
 
     def _settled_counts(

@@ -66,4 +66,6 @@ def overview_record(
         "healthy": health is None,
         "last_poll": when(datetime.fromtimestamp(last_poll, UTC)) if last_poll else "—",
         "newest_result": overview.newest_result,
+        # changes when a revision newly fails, or one listed stops being failed (a retry)
+        "failures_key": f"{overview.newest_failure}:{overview.all_time[ItemStatus.FAILED]}",
     }

@@ -164,7 +164,7 @@ def check_pages(browser: Any, url: str, config: Path) -> None:
 
 def check_live_updates(browser: Any, url: str, root: Path) -> None:
     """An open overview follows the daemon without a reload: a new image's count and its
-    thumbnails appear by themselves."""
+    thumbnails appear by themselves, and so does a new failure in the latest failures."""
     errors: list[str] = []
     page = browser.new_page()
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -178,5 +178,7 @@ def check_live_updates(browser: Any, url: str, root: Path) -> None:
         "the open page to count the new image",
     )
     page.wait_for_selector('.grid .caption:text("late.jpg")', timeout=30_000)
+    (root / "input" / "late-broken.jpg").write_bytes(b"not a picture either")
+    page.wait_for_selector('#latest-failures a:text("late-broken.jpg")', timeout=60_000)
     assert page.evaluate("window.loadedOnce") is True
     assert errors == []

@@ -86,6 +86,7 @@ def test_the_overview_agrees_with_the_audit(
         week = audit.stats(since=now - timedelta(days=7)).counts
         all_time = audit.stats().counts
         newest = audit.list_items(ItemFilter((SUCCEEDED,)), limit=1)
+        all_failed = audit.list_items(ItemFilter((FAILED,)))
     finally:
         audit.close()
     assert len(overview.hourly) == HOURS
@@ -102,6 +103,7 @@ def test_the_overview_agrees_with_the_audit(
         b.submissions for b in overview.hourly if b.start >= day_start
     )
     assert overview.newest_result == newest[0].id
+    assert overview.newest_failure == max(i.id for i in all_failed)
 
 
 def test_an_empty_ledger_has_a_chart_of_zeros(dashboard: Dashboard) -> None:
@@ -109,7 +111,7 @@ def test_an_empty_ledger_has_a_chart_of_zeros(dashboard: Dashboard) -> None:
     overview = dashboard.overview(now, now.replace(hour=0, minute=0))
     assert [b.start for b in overview.hourly][-1] == datetime(2026, 12, 6, 11, tzinfo=UTC)
     assert all(sum(b.outcomes.values()) == b.submissions == 0 for b in overview.hourly)
-    assert overview.newest_result is None
+    assert overview.newest_result is None and overview.newest_failure is None
     assert sum(overview.all_time.values()) == 0
 
 
