@@ -28,7 +28,6 @@ resident while idle).
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
 import os
@@ -42,7 +41,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.engines import onnx_session
-from daemon.engines.onnx_session import Hardware, arena_lock, register_process_arena, run_model
+from daemon.engines.onnx_session import (
+    INSTALL_HINT,
+    Hardware,
+    arena_lock,
+    register_process_arena,
+    require_runtime,
+    run_model,
+)
 from daemon.engines.u2net_io import MODEL_SIDE, mask_image, model_input
 from daemon.errors import EngineUnavailableError
 from daemon.models import Cutout, EngineJob
@@ -52,11 +58,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'cutoutd[local]'"
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_MODEL_RUNS = 2  # each run in flight holds up to ~250 MB of activations
 DEFAULT_IDLE_RELEASE = 10.0  # seconds without images before the model's memory is freed
-_RUNTIME_MODULES = ("onnxruntime", "numpy", "PIL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,20 +108,6 @@ def locate_model(source: ModelSource) -> Path:
             f"{dist.version}; reinstall it with: {source.install}"
         )
     return path
-
-
-def require_runtime() -> None:
-    """Import the `local` extra's libraries, or say exactly what to install."""
-    missing = []
-    for module in _RUNTIME_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            missing.append(f"{module} ({exc})")
-    if missing:
-        raise EngineUnavailableError(
-            f"local engine: cannot import {', '.join(missing)}; install it with: {INSTALL_HINT}"
-        )
 
 
 class ModelGate:
@@ -176,7 +166,6 @@ class LocalEngine:
     """The `local` engine. `start()` once, then `cut_out()` from up to `workers` threads."""
 
     name: str = "local"
-    needs_link: bool = False
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ onnxruntime is imported lazily, so that this module imports without the `local` 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+INSTALL_HINT = "pip install 'cutoutd[local]'"
+_RUNTIME_MODULES = ("onnxruntime", "numpy", "PIL")
 CUDA_HINT = "pip uninstall onnxruntime && pip install onnxruntime-gpu (with CUDA 12 and cuDNN 9)"
 _SHRINK_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
 arena_lock = threading.Lock()
@@ -157,3 +160,17 @@ def run_model(session: Any, tensor: np.ndarray, *, shrink_arena: bool = False) -
     feeds = {session.get_inputs()[0].name: tensor}
     result: np.ndarray = session.run([session.get_outputs()[0].name], feeds, options)[0]
     return result
+
+
+def require_runtime() -> None:
+    """Import the `local` extra's libraries, or say exactly what to install."""
+    missing = []
+    for module in _RUNTIME_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            missing.append(f"{module} ({exc})")
+    if missing:
+        raise EngineUnavailableError(
+            f"local engine: cannot import {', '.join(missing)}; install it with: {INSTALL_HINT}"
+        )
