@@ -111,7 +111,11 @@ class Service:
         self.metrics = build_metrics(settings, self.engine)
         self.thumbnails = build_thumbnails(settings)
         self.alerts = build_alerts(
-            settings, self.ledger, self.engine.name, lambda now, t: self.health.trouble(now, t)
+            settings,
+            self.ledger,
+            self.engine.name,
+            lambda now, t: self.health.trouble(now, t),
+            polled=lambda: self.watcher.last_poll_time is not None,
         )
         watchers = self.alerts.watchers if self.alerts is not None else []
         self.observers = Observers(
