@@ -1,18 +1,20 @@
 """U²-Net small cut in two, so that two images' model runs never hold their memory peaks at once.
 
-A run of u2netp at 320x320 holds most of its activations in the last eighth of the network
-(the full-resolution decoder stage keeps the encoder's skip tensors). The local engine runs
-two images at once; when both reach that tail together the process peaks ~150 MB higher
-(docs/benchmarks.md). Cut in two files, the head (input to just before node `Shape_900`)
-may run for two images at once while the tail runs for one at a time. The two files hold the
-original's nodes and weights unchanged, so the mask is bit for bit the whole model's.
+A run of u2netp at 320x320 peaks when its last decoder stage (stage1d) upsamples to full
+resolution and concatenates with stage1's 64-channel skip tensor: ~230 MB of activations
+there, against ~125 MB at any point before (measured by cutting at successive nodes;
+docs/benchmarks.md). The local engine runs two images at once; when both reach stage1d
+together the process peaks ~100 MB higher. Cut before node `Constant_806` (the sizes of
+stage1d's Resize), the head may run for two images at once while the tail runs for one at a
+time. The two files hold the original's nodes and weights unchanged, so the mask is bit for
+bit the whole model's (tests/integration/test_model_split.py).
 
 The cut files are derived from the bundled `u2netp.onnx` by `derive()` with the `onnx`
 package (Apache-2.0, like the model), in a child process (`python -m
 daemon.engines.model_split SOURCE CUT OUT_DIR`) so that onnx's own memory never stays in the
 daemon. They are cached in a folder named after the source file's SHA-256 and the cut, with
-a manifest holding every file's SHA-256; `split_model()` checks it and derives again when
-anything differs. The derived files are credited like the original: see NOTICE in README.
+a manifest holding every file's SHA-256 and the model's licence; `split_model()` checks it
+and derives again when anything differs.
 """
 
 from __future__ import annotations
