@@ -339,9 +339,6 @@ def _tcp_port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else f"must be a TCP port, got {value!r}"
 
 
-METRICS_KEYS = ("enabled", "address", "port")
-
-
 def _read_http(
     data: Mapping[str, Any], problems: list[str]
 ) -> tuple[HttpSettings, tuple[str, ...]]:

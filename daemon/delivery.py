@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from daemon import rendering
-from daemon.ledger import Ledger
+from daemon.ledger_port import LedgerPort
 from daemon.logs import context
 from daemon.models import Area, Cutout, EngineResult, Item, OutputRecord, OutputSpec, Profile
 from daemon.previews import cutout_previews
@@ -28,7 +28,7 @@ class OutputWriter:
     def __init__(
         self,
         storage: Storage,
-        ledger: Ledger,
+        ledger: LedgerPort,
         *,
         fold_case: bool,
         renders: int | None = None,
@@ -59,7 +59,7 @@ class OutputWriter:
         for slot, (spec, data) in enumerate(zip(profile.outputs, rendered, strict=True)):
             path = self._reserve(item, slot, spec)
             self.storage.write(Area.OUTPUT, path, data)
-            self.ledger.record_output_written(item.id, slot, len(data))
+            self.ledger.record_output_written(item, slot, len(data))
             log.debug(
                 "wrote output/%s",
                 path,
@@ -87,14 +87,14 @@ class OutputWriter:
             path = self._reserve(item, slot, spec)
             if path != source.path:
                 self.storage.copy(Area.OUTPUT, source.path, path)
-            self.ledger.record_output_written(item.id, slot, source.bytes or 0)
+            self.ledger.record_output_written(item, slot, source.bytes or 0)
             paths.append(path)
         return paths
 
     def _reserve(self, item: Item, slot: int, spec: OutputSpec) -> str:
         candidates = output_candidates(item.path, spec.format.extension, spec.folder)
         return self.ledger.reserve_output(
-            item.id, item.path_lower, slot, spec.fingerprint(), candidates, fold_case=self.fold_case
+            item, slot, spec.fingerprint(), candidates, fold_case=self.fold_case
         )
 
 

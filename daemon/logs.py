@@ -95,7 +95,7 @@ def configure_logging(level: str = "INFO", format: str = "json") -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("apscheduler", "urllib3", "alembic", "dropbox"):
+    for noisy in ("urllib3", "alembic", "dropbox"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

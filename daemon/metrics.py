@@ -28,7 +28,6 @@ OUTCOMES = ("succeeded", "failed", "skipped")
 RETRY_REASONS = ("transient", "rate_limited")
 ENGINE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 END_TO_END_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0)
-Health = Callable[[], str | None]  # None when healthy, else the reason
 
 
 class _RateLimitedCollector(Collector):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -91,10 +91,6 @@ class OutputFormat(StrEnum):
     PNG = "png"
     WEBP = "webp"
     JPEG = "jpeg"
-
-    @property
-    def media_type(self) -> str:
-        return f"image/{self.value}"
 
     @property
     def extension(self) -> str:
@@ -266,6 +262,7 @@ class Item:
     finished_at: datetime | None
     archived_at: datetime | None
     archived_path: str | None
+    claim_token: int | None = None  # the fencing token of the claim this copy was read under
 
     def as_file(self) -> RemoteFile:
         return RemoteFile(
@@ -299,7 +296,6 @@ class EngineJob:
     temporary_link: Callable[[], str]
     record_submission: Callable[[SubmittedJob], None]
     submitted: SubmittedJob | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

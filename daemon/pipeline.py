@@ -9,7 +9,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC
 
 from daemon.config import Settings
 from daemon.delivery import OutputWriter
@@ -24,7 +24,7 @@ from daemon.errors import (
     TransientError,
     UnreachableError,
 )
-from daemon.ledger import Ledger
+from daemon.ledger_port import LedgerPort
 from daemon.logs import context
 from daemon.models import Item, ItemStatus, Profile
 from daemon.observers import NullObserver as NullObserver
@@ -37,7 +37,6 @@ from daemon.spool import ResultSpool
 from daemon.storage.base import Storage
 
 log = logging.getLogger(__name__)
-PROCESSING = ItemStatus.PROCESSING
 # The service's trouble, not the item's: however long it lasts, the item keeps its last attempt
 # (rate limits are waited out in place, then the claim is given back: see `_retry`).
 SERVICE_WIDE = (UnreachableError,)
@@ -55,7 +54,7 @@ class Pipeline:
         self,
         storage: Storage,
         engine: Engine,
-        ledger: Ledger,
+        ledger: LedgerPort,
         settings: Settings,
         stop: threading.Event,
         observer: PipelineObserver | None = None,
@@ -124,14 +123,6 @@ class Pipeline:
 
     # -- one item -------------------------------------------------------------------------
 
-    def process_next(self) -> bool:
-        """Claim and process one due revision; False when there is none."""
-        item = self.ledger.claim_next()
-        if item is None:
-            return False
-        self.process(item)
-        return True
-
     def process(self, item: Item) -> None:
         """Take a claimed revision to its next state. Never raises for one bad file;
         AuthError is the exception: the credentials are wrong for every file."""
@@ -174,23 +165,7 @@ class Pipeline:
     def _succeed(self, item: Item, outputs: list[str], engine: str, profile: str) -> None:
         """Every output is written and recorded: the revision succeeds, then its input moves."""
         relocate = RELOCATE_FOR_POLICY[self.settings.archive.policy]
-        self.ledger.transition(
-            item.id,
-            PROCESSING,
-            ItemStatus.SUCCEEDED,
-            "succeeded",
-            {
-                "output_path": outputs[0],
-                "engine": engine,
-                "finished_at": self.ledger.clock(),
-                "last_error": None,
-                "relocate_to": relocate,
-                "claimed_by": None,
-                "lease_expires_at": None,
-            },
-            output=outputs[0] if len(outputs) == 1 else outputs,
-            profile=profile,
-        )
+        self.ledger.succeed(item, outputs, engine, profile, relocate)
         log.info(
             "wrote output/%s",
             ", output/".join(outputs),
@@ -260,17 +235,11 @@ class Pipeline:
         its input (failed/ for failures). Vendors' messages may quote signed URLs: the
         reason is redacted before it is stored."""
         reason = redact(reason)
-        values = {
-            "last_error": reason,
-            "finished_at": self.ledger.clock(),
-            "relocate_to": relocate,
-            "claimed_by": None,
-            "lease_expires_at": None,
-        }
-        if output:
-            values["output_path"] = output
         try:
-            self.ledger.transition(item.id, PROCESSING, status, status.value, values, reason=reason)
+            if status == ItemStatus.FAILED:
+                self.ledger.fail(item, reason, relocate)
+            else:
+                self.ledger.skip(item, reason, relocate, output)
         except LostClaimError:
             return
         self.results.forget(item)
@@ -305,25 +274,13 @@ class Pipeline:
         if isinstance(error, RateLimitedError) and error.retry_after is not None:
             delay = max(delay, error.retry_after)
         message = redact(str(error))
-        values = {
-            "last_error": message,
-            "next_attempt_at": self.ledger.clock() + timedelta(seconds=delay),
-            "claimed_by": None,
-            "lease_expires_at": None,
-        }
-        if getattr(error, "forget_job", False):
-            values.update(job_id=None, status_url=None)
-        if service_wide:  # keep one attempt for when the service is back
-            values["attempts"] = min(item.attempts, self.settings.retry.max_attempts - 1)
         try:
-            self.ledger.transition(
-                item.id,
-                PROCESSING,
-                ItemStatus.PENDING,
-                "retry_scheduled",
-                values,
+            self.ledger.schedule_retry(
+                item,
                 error=message,
-                delay=round(delay, 1),
+                delay=delay,
+                forget_job=getattr(error, "forget_job", False),
+                max_attempts=self.settings.retry.max_attempts if service_wide else None,
             )
         except LostClaimError:
             return
@@ -346,17 +303,8 @@ class Pipeline:
         """Give a claimed revision back untouched (stop, drain, a rate limit that outlasted
         the wait in place): the attempt does not count. `delay`: not before that many s."""
         reason = redact(reason)
-        values: dict[str, object] = {
-            "attempts": max(item.attempts - 1, 0),
-            "claimed_by": None,
-            "lease_expires_at": None,
-        }
-        if delay is not None:
-            values["next_attempt_at"] = self.ledger.clock() + timedelta(seconds=delay)
         try:
-            self.ledger.transition(
-                item.id, PROCESSING, ItemStatus.PENDING, "released", values, reason=reason
-            )
+            self.ledger.release(item, reason, delay)
         except LostClaimError:
             return
         log.info(

@@ -15,7 +15,7 @@ import logging
 import threading
 
 from daemon.errors import CutoutdError, ItemGoneError, TransientError
-from daemon.ledger import Ledger
+from daemon.ledger_port import LedgerPort
 from daemon.logs import context
 from daemon.models import Area, Item
 from daemon.storage.base import Storage
@@ -30,7 +30,11 @@ class Relocator:
     `delete` or None (leave the input where it is)."""
 
     def __init__(
-        self, storage: Storage, ledger: Ledger, stop: threading.Event, linger: float = BATCH_LINGER
+        self,
+        storage: Storage,
+        ledger: LedgerPort,
+        stop: threading.Event,
+        linger: float = BATCH_LINGER,
     ) -> None:
         self.storage = storage
         self.ledger = ledger
@@ -95,14 +99,14 @@ class Relocator:
             if current is None and target != "delete" and self._found_moved(item, Area(target)):
                 return False
             if current != item.rev:
-                self.ledger.clear_relocation(item.id, "input changed or gone; left in place")
+                self.ledger.clear_relocation(item, "input changed or gone; left in place")
                 return False
             if target != "delete":
                 return True
             self.storage.delete(item.as_file())
-            self.ledger.mark_relocated(item.id, None, "input_deleted")
+            self.ledger.mark_relocated(item, None, "input_deleted")
         except ItemGoneError as exc:
-            self.ledger.clear_relocation(item.id, str(exc))
+            self.ledger.clear_relocation(item, str(exc))
         except CutoutdError as exc:
             self._not_yet(item, exc)
         return False
@@ -115,11 +119,11 @@ class Relocator:
             except CutoutdError as exc:
                 self._not_yet(item, exc)
                 return
-            self.ledger.clear_relocation(item.id, str(result))
+            self.ledger.clear_relocation(item, str(result))
         elif isinstance(result, Exception):
             self._not_yet(item, result)
         else:
-            self.ledger.mark_relocated(item.id, f"{area.value}/{result}", f"moved_to_{area.value}")
+            self.ledger.mark_relocated(item, f"{area.value}/{result}", f"moved_to_{area.value}")
             log.info(
                 "moved %s to %s/%s",
                 item.path,
@@ -141,7 +145,7 @@ class Relocator:
         moved = self.storage.find_relocated(item.as_file(), area)
         if moved is None:
             return False
-        self.ledger.mark_relocated(item.id, f"{area.value}/{moved}", f"moved_to_{area.value}")
+        self.ledger.mark_relocated(item, f"{area.value}/{moved}", f"moved_to_{area.value}")
         log.info(
             "found %s already moved to %s/%s",
             item.path,

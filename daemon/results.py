@@ -12,7 +12,7 @@ import time
 from typing import Protocol
 
 from daemon.engines.base import Engine
-from daemon.ledger import Ledger
+from daemon.ledger_port import LedgerPort
 from daemon.logs import context
 from daemon.models import EncodedCutout, EngineJob, EngineResult, Item, SubmittedJob
 from daemon.spool import ResultSpool
@@ -35,7 +35,7 @@ class Results:
     def __init__(
         self,
         storage: Storage,
-        ledger: Ledger,
+        ledger: LedgerPort,
         observer: EngineObserver,
         spool: ResultSpool | None,
     ) -> None:
@@ -64,7 +64,7 @@ class Results:
                 item.path,
                 extra=context("cutout.from_spool", path=item.path, rev=item.rev),
             )
-            self.ledger.record_event(item.id, "result_from_spool", bytes=len(result.data))
+            self.ledger.record_result_from_spool(item, len(result.data))
         return result
 
     def _cut_out(self, item: Item, engine: Engine) -> EngineResult:
@@ -76,12 +76,7 @@ class Results:
             self.observer.engine_finished(engine.name, time.monotonic() - started)
         if self.spool is not None and isinstance(result, EncodedCutout) and jobs[-1]:
             self.spool.save(item.id, jobs[-1], result)
-        self.ledger.record_event(
-            item.id,
-            "result_received",
-            engine=engine.name,
-            seconds=round(time.monotonic() - started, 3),
-        )
+        self.ledger.record_result_received(item, engine.name, time.monotonic() - started)
         return result
 
     def _engine_job(self, item: Item, engine: str, jobs: list[str | None]) -> EngineJob:
@@ -92,7 +87,7 @@ class Results:
         )
 
         def record_submission(job: SubmittedJob) -> None:
-            self.ledger.record_submission(item.id, job, resubmitted=jobs[-1] is not None)
+            self.ledger.record_submission(item, job, resubmitted=jobs[-1] is not None)
             jobs.append(job.job_id)
             self.observer.job_submitted(engine)
             log.info(

@@ -65,7 +65,6 @@ class ChromaKeyEngine:
     """
 
     name = "local"
-    needs_link = False
 
     def __init__(self) -> None:
         self.calls = 0

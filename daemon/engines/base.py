@@ -21,11 +21,6 @@ class Engine(Protocol):
         """`local` or `photoshop`: recorded in the ledger for each revision."""
         ...
 
-    @property
-    def needs_link(self) -> bool:
-        """True when the engine fetches the input by URL (the storage must give links)."""
-        ...
-
     def start(self) -> None:
         """Load models / check credentials once. Raises EngineUnavailableError or AuthError."""
         ...

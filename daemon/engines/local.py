@@ -28,7 +28,6 @@ resident while idle).
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
 import os
@@ -43,11 +42,13 @@ from typing import TYPE_CHECKING
 
 from daemon.engines import model_split, onnx_session
 from daemon.engines.onnx_session import (
+    INSTALL_HINT,
     Hardware,
     SplitModelRun,
     WholeModel,
     arena_lock,
     register_process_arena,
+    require_runtime,
 )
 from daemon.engines.u2net_io import MODEL_SIDE, mask_image, model_input
 from daemon.errors import EngineUnavailableError
@@ -58,11 +59,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'cutoutd[local]'"
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_MODEL_RUNS = 2  # each run in flight holds up to ~250 MB of activations
 DEFAULT_IDLE_RELEASE = 10.0  # seconds without images before the model's memory is freed
-_RUNTIME_MODULES = ("onnxruntime", "numpy", "PIL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,20 +109,6 @@ def locate_model(source: ModelSource) -> Path:
             f"{dist.version}; reinstall it with: {source.install}"
         )
     return path
-
-
-def require_runtime() -> None:
-    """Import the `local` extra's libraries, or say exactly what to install."""
-    missing = []
-    for module in _RUNTIME_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            missing.append(f"{module} ({exc})")
-    if missing:
-        raise EngineUnavailableError(
-            f"local engine: cannot import {', '.join(missing)}; install it with: {INSTALL_HINT}"
-        )
 
 
 class ModelGate:
@@ -189,7 +174,6 @@ class LocalEngine:
     """The `local` engine. `start()` once, then `cut_out()` from up to `workers` threads."""
 
     name: str = "local"
-    needs_link: bool = False
 
     def __init__(
         self,

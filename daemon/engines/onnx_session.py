@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+INSTALL_HINT = "pip install 'cutoutd[local]'"
+_RUNTIME_MODULES = ("onnxruntime", "numpy", "PIL")
 CUDA_HINT = "pip uninstall onnxruntime && pip install onnxruntime-gpu (with CUDA 12 and cuDNN 9)"
 _SHRINK_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
 arena_lock = threading.Lock()
@@ -217,3 +220,17 @@ def _run_options(shrink_arena: bool) -> Any:
     options = ort.RunOptions()
     options.add_run_config_entry(*_SHRINK_ARENA)
     return options
+
+
+def require_runtime() -> None:
+    """Import the `local` extra's libraries, or say exactly what to install."""
+    missing = []
+    for module in _RUNTIME_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            missing.append(f"{module} ({exc})")
+    if missing:
+        raise EngineUnavailableError(
+            f"local engine: cannot import {', '.join(missing)}; install it with: {INSTALL_HINT}"
+        )

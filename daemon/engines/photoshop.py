@@ -94,7 +94,6 @@ class PhotoshopEngine:
     """Adobe Photoshop API Remove Background V2. Thread-safe: many workers share one."""
 
     name = "photoshop"
-    needs_link = True
 
     def __init__(
         self,
@@ -182,7 +181,6 @@ class PhotoshopEngine:
         return EncodedCutout(data, f"Adobe job {submitted.job_id}")
 
     def _resubmit(self, job: EngineJob, old: SubmittedJob, reason: str) -> EncodedCutout:
-        job.extra["resubmitted"] = reason
         self._count("resubmissions")
         submitted = self._submit(job)
         log.warning(

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from daemon.errors import LostClaimError, PermanentItemError
 from daemon.ledger.queries import LedgerReader
 from daemon.ledger.schema import ItemRow, OutputRow
-from daemon.models import OutputRecord
+from daemon.models import Item, OutputRecord
 
 
 class OutputLedger(LedgerReader):
@@ -18,8 +18,7 @@ class OutputLedger(LedgerReader):
 
     def reserve_output(
         self,
-        item_id: int,
-        path_lower: str,
+        item: Item,
         slot: int,
         spec: str,
         candidates: Sequence[str],
@@ -33,6 +32,7 @@ class OutputLedger(LedgerReader):
         output in case only counts as taken: `Shoe.png` would overwrite `shoe.png`. A local
         folder is case-sensitive: there both names are free.
         """
+        item_id, path_lower = item.id, item.path_lower
         with self.transaction() as connection:
             for candidate in candidates:
                 key = candidate.lower() if fold_case else candidate
@@ -53,8 +53,9 @@ class OutputLedger(LedgerReader):
                 return candidate
         raise PermanentItemError(f"every output name is taken: {', '.join(candidates)}")
 
-    def record_output_written(self, item_id: int, slot: int, size: int) -> None:
+    def record_output_written(self, item: Item, slot: int, size: int) -> None:
         """The file of output `slot` is whole in output/."""
+        item_id = item.id
         with self.transaction() as connection:
             changed = connection.execute(
                 update(OutputRow)

@@ -7,10 +7,8 @@ the same transaction.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +18,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from daemon.errors import LostClaimError
 from daemon.ledger.database import migrate
-from daemon.ledger.outputs import OutputLedger
+from daemon.ledger.outcomes import RELEASED, Outcomes
 from daemon.ledger.queries import Clock, to_item, utcnow
-from daemon.ledger.schema import CursorRow, EventRow, ItemRow, NotificationRow
-from daemon.models import ChangeBatch, DeletedEntry, Item, ItemStatus, RemoteFile, SubmittedJob
-
-ACTIVE = (ItemStatus.PENDING, ItemStatus.PROCESSING)
+from daemon.ledger.schema import CursorRow, ItemRow, NotificationRow
+from daemon.models import ChangeBatch, DeletedEntry, Item, ItemStatus, RemoteFile
 
 
 def default_ledger_url(source_kind: str, root: str) -> str:
@@ -54,7 +50,7 @@ def default_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class Ledger(OutputLedger):
+class Ledger(Outcomes):
     """Durable state of every input revision. Safe to share between threads."""
 
     def __init__(
@@ -75,37 +71,6 @@ class Ledger(OutputLedger):
 
     def migrate(self) -> bool:
         return migrate(self.engine)
-
-    # -- events ---------------------------------------------------------------------------
-
-    def _event(
-        self,
-        connection: Connection,
-        item_id: int,
-        event: str,
-        *,
-        from_status: str | None = None,
-        to_status: str | None = None,
-        actor: str | None = None,
-        **detail: Any,
-    ) -> None:
-        connection.execute(
-            insert(EventRow).values(
-                item_id=item_id,
-                at=self.clock(),
-                event=event,
-                from_status=from_status,
-                to_status=to_status,
-                actor=actor or self.node_id,
-                detail=json.dumps(detail, sort_keys=True, default=str) if detail else None,
-            )
-        )
-
-    def record_event(
-        self, item_id: int, event: str, actor: str | None = None, **detail: Any
-    ) -> None:
-        with self.transaction() as connection:
-            self._event(connection, item_id, event, actor=actor, **detail)
 
     # -- discovery ------------------------------------------------------------------------
 
@@ -196,51 +161,7 @@ class Ledger(OutputLedger):
         with self.transaction() as connection:
             connection.execute(delete(CursorRow).where(CursorRow.storage_key == storage_key))
 
-    # -- transitions ----------------------------------------------------------------------
-
-    def _transition(
-        self,
-        connection: Connection,
-        item_id: int,
-        expected: ItemStatus,
-        target: ItemStatus,
-        event: str,
-        values: Mapping[str, Any],
-        actor: str | None = None,
-        **detail: Any,
-    ) -> None:
-        result = connection.execute(
-            update(ItemRow)
-            .where(ItemRow.id == item_id, ItemRow.status == expected)
-            .values(status=target, **values)
-        )
-        if result.rowcount != 1:
-            raise LostClaimError(f"item {item_id} is no longer {expected}")
-        self._event(
-            connection,
-            item_id,
-            event,
-            from_status=expected,
-            to_status=target,
-            actor=actor,
-            **detail,
-        )
-
-    def transition(
-        self,
-        item_id: int,
-        expected: ItemStatus,
-        target: ItemStatus,
-        event: str,
-        values: Mapping[str, Any] | None = None,
-        actor: str | None = None,
-        **detail: Any,
-    ) -> Item:
-        with self.transaction() as connection:
-            self._transition(
-                connection, item_id, expected, target, event, values or {}, actor=actor, **detail
-            )
-            return to_item(connection.execute(select(ItemRow).where(ItemRow.id == item_id)).one())
+    # -- claims -------------------------------------------------------------------------
 
     def claim_next(self) -> Item | None:
         """Take the oldest due pending revision (compare-and-set; another worker or
@@ -278,40 +199,7 @@ class Ledger(OutputLedger):
                 )
         return None
 
-    def renew_lease(self, item_id: int) -> None:
-        with self.transaction() as connection:
-            connection.execute(
-                update(ItemRow)
-                .where(
-                    ItemRow.id == item_id,
-                    ItemRow.status == ItemStatus.PROCESSING,
-                    ItemRow.claimed_by == self.node_id,
-                )
-                .values(lease_expires_at=self.clock() + self.lease)
-            )
-
-    def record_submission(self, item_id: int, job: SubmittedJob, resubmitted: bool) -> None:
-        """Store the remote job before the first poll, so a restart resumes it."""
-        with self.transaction() as connection:
-            result = connection.execute(
-                update(ItemRow)
-                .where(ItemRow.id == item_id, ItemRow.status == ItemStatus.PROCESSING)
-                .values(
-                    job_id=job.job_id,
-                    status_url=job.status_url,
-                    lease_expires_at=self.clock() + self.lease,
-                )
-            )
-            if result.rowcount != 1:
-                raise LostClaimError(f"item {item_id} is no longer processing")
-            self._event(
-                connection,
-                item_id,
-                "resubmitted" if resubmitted else "submitted",
-                job_id=job.job_id,
-            )
-
-    def recover_stale(self) -> list[Item]:
+    def recover_expired(self) -> list[Item]:
         """Put back `processing` revisions left by a crash or stop: ours (any earlier
         process on this host) and any whose lease ran out. Remote job ids are kept."""
         now = self.clock()
@@ -333,26 +221,10 @@ class Ledger(OutputLedger):
                     ItemStatus.PROCESSING,
                     ItemStatus.PENDING,
                     "recovered",
-                    {"claimed_by": None, "lease_expires_at": None},
+                    RELEASED,
                     previous_owner=row.claimed_by,
                 )
         return [to_item(row) for row in rows]
-
-    def mark_relocated(self, item_id: int, archived_path: str | None, event: str) -> None:
-        with self.transaction() as connection:
-            connection.execute(
-                update(ItemRow)
-                .where(ItemRow.id == item_id)
-                .values(relocate_to=None, archived_path=archived_path, archived_at=self.clock())
-            )
-            self._event(connection, item_id, event, path=archived_path)
-
-    def clear_relocation(self, item_id: int, reason: str) -> None:
-        with self.transaction() as connection:
-            connection.execute(
-                update(ItemRow).where(ItemRow.id == item_id).values(relocate_to=None)
-            )
-            self._event(connection, item_id, "relocation.abandoned", reason=reason)
 
     # -- notifications --------------------------------------------------------------------
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
-import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -60,7 +58,6 @@ UPLOAD_LIMIT = 150 * MIB  # one `files/upload` call; larger files go through a s
 UPLOAD_CHUNK = 64 * MIB  # per upload-session call
 BATCH_SIZE = 1000  # entries per `files/move_batch_v2`
 LONGPOLL_GRACE = 10.0  # socket timeout beyond the longpoll's own (the server adds jitter)
-SAVE_URL_DEADLINE = 15 * 60.0  # Dropbox gives up on a `save_url` transfer after 15 minutes
 
 
 class DropboxStorage:
@@ -323,43 +320,6 @@ class DropboxStorage:
         cursor = sdk_files.UploadSessionCursor(started.session_id, offset)
         commit = sdk_files.CommitInfo(target, mode=sdk_files.WriteMode.overwrite, mute=True)
         return self._client.files_upload_session_finish(data[offset:], cursor, commit)
-
-    def write_from_url(self, area: Area, path: str, url: str) -> str:
-        """Let Dropbox fetch `url` (`files/save_url`) into `<area>/<path>`, replacing it.
-
-        save_url never overwrites (it autorenames), so the file lands under a hidden
-        temporary name first and then replaces the target.
-        """
-        target = self._full(area, path)
-        parent, _, name = target.rpartition("/")
-        temporary = f"{parent}/.cutoutd-{uuid.uuid4().hex[:12]}-{name}"
-        with self._edge("save_url", target):
-            launch = self._client.files_save_url(temporary, url)
-            saved = launch.get_complete() if launch.is_complete() else None
-        if saved is None:
-            saved = self._await_save_url(launch.get_async_job_id(), target)
-        return self._replace(area, saved.path_display, target)
-
-    def _await_save_url(self, job_id: str, target: str) -> Any:
-        deadline, delay = time.monotonic() + SAVE_URL_DEADLINE, 0.25
-        while time.monotonic() < deadline:
-            if self._closing.wait(delay):
-                raise TransientError(f"stopped while Dropbox was fetching {target}")
-            delay = min(delay * 2, 5.0)
-            with self._edge("save_url status", target):
-                status = self._client.files_save_url_check_job_status(job_id)
-            if status.is_complete():
-                return status.get_complete()
-            if status.is_failed():
-                raise api_error(status.get_failed(), f"save_url {target}")
-        raise TransientError(f"Dropbox did not finish fetching {target} in time")
-
-    def _replace(self, area: Area, source: str, target: str) -> str:
-        """Move `source` onto `target`, deleting whatever is at `target` first."""
-        with self._edge("replace", target):
-            self._delete_if_present(target)
-            metadata = self._client.files_move_v2(source, target, autorename=False).metadata
-        return self._relative(area, metadata.path_display)
 
     def _delete_if_present(self, path: str) -> None:
         try:

@@ -75,7 +75,7 @@ class History:
         assert item is not None and item.path == path
         for number in range(submissions):
             job = SubmittedJob(f"job-{item.id}-{number}", "https://status")
-            self.ledger.record_submission(item.id, job, resubmitted=number > 0)
+            self.ledger.record_submission(item, job, resubmitted=number > 0)
         self.clock.advance(engine_seconds)
         values = {"finished_at": self.clock(), "last_error": reason, "claimed_by": None}
         if outcome is SUCCEEDED:
@@ -200,7 +200,7 @@ def test_show_every_revision_with_events_and_durations(
 ) -> None:
     first = history.run("mug.jpg", queued=1.5, engine_seconds=4.0, submissions=2, rev="r1")
     clock.advance(0.5)
-    ledger.mark_relocated(first.id, "archive/mug.jpg", "moved_to_archive")
+    ledger.mark_relocated(first, "archive/mug.jpg", "moved_to_archive")
     history.run("mug.jpg", FAILED, reason="job failed", rev="r2")
     history.run("other.jpg")
     revisions = audit.show("mug.jpg")
@@ -397,7 +397,7 @@ def finish_with_input(
     )
     if area is not None:
         moved = storage.relocate(item.as_file(), area)
-        ledger.mark_relocated(item.id, f"{area.value}/{moved}", f"moved_to_{area.value}")
+        ledger.mark_relocated(item, f"{area.value}/{moved}", f"moved_to_{area.value}")
     got = ledger.get(item.id)
     assert got is not None
     return got

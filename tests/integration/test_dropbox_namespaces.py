@@ -107,19 +107,19 @@ def test_invalid_root_rereads_the_account_and_resets_the_cursor_once(
         settings, storage=storage, engine=ChromaKeyEngine(), ledger=Ledger(settings.ledger.url)
     )
     service.start()
-    assert service.discover() == 0
+    assert service.watcher.discover() == 0
     team.namespaces.root_id = "3160920000"  # a new root namespace for the same tree
     if first == "an image's call":
         with pytest.raises(TransientError, match="root namespace changed"):
             storage.read(service.ledger.list_items()[0].as_file())
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert service.discover() == 0
+        assert service.watcher.discover() == 0
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [getattr(r, "event", None) for r in warnings] == ["cursor.reset"]
     assert "namespace" in warnings[0].getMessage()
     assert len(service.ledger.list_items()) == 1  # the rows stay, none twice
-    service.work_until_idle()
+    service.workers.work_until_idle()
     assert f"{TEAM_ROOT}/output/team.png" in team.files_under(f"{TEAM_ROOT}/output")
     service.close()
 

@@ -365,43 +365,6 @@ def test_no_secret_in_requests_or_errors(
     assert link not in str(caught.value)
 
 
-def test_write_from_url_replaces_target(
-    fake_dropbox: FakeDropbox, dropbox_storage: DropboxStorage
-) -> None:
-    fake_dropbox.put_file(f"{INPUT}/x.jpg", b"hosted result")
-    file = files_by_path(list_all(dropbox_storage)[0])["x.jpg"]
-    url = dropbox_storage.temporary_link(file)
-    dropbox_storage.write(Area.OUTPUT, "x.png", b"stale")
-    assert dropbox_storage.write_from_url(Area.OUTPUT, "x.png", url) == "x.png"
-    assert fake_dropbox.files_under(f"{ROOT}/output") == {f"{ROOT}/output/x.png": b"hosted result"}
-    with pytest.raises(TransientError):
-        dropbox_storage.write_from_url(Area.OUTPUT, "y.png", "http://127.0.0.1:9/gone")
-
-
-def test_save_url_versus_download_and_upload(
-    fake_dropbox: FakeDropbox, dropbox_storage: DropboxStorage
-) -> None:
-    """Measures both ways of storing a hosted result (the numbers go in the report)."""
-    data = os.urandom(2 * 1024 * 1024)
-    fake_dropbox.put_file(f"{INPUT}/big.jpg", data)
-    file = files_by_path(list_all(dropbox_storage)[0])["big.jpg"]
-    url = dropbox_storage.temporary_link(file)
-    timings: dict[str, float] = {}
-    for way in ("save_url", "download+upload"):
-        before = sum(fake_dropbox.counts.values())
-        started = time.monotonic()
-        if way == "save_url":
-            dropbox_storage.write_from_url(Area.OUTPUT, "a.png", url)
-        else:
-            with requests.get(url, timeout=10) as response:
-                dropbox_storage.write(Area.OUTPUT, "b.png", response.content)
-        timings[way] = time.monotonic() - started
-        calls = sum(fake_dropbox.counts.values()) - before
-        print(f"\n{way}: {timings[way] * 1000:.0f} ms, {calls} requests to Dropbox")
-    outputs = fake_dropbox.files_under(f"{ROOT}/output")
-    assert outputs[f"{ROOT}/output/a.png"] == outputs[f"{ROOT}/output/b.png"] == data
-
-
 def test_authorize_dropbox(fake_dropbox: FakeDropbox, storage_factory: StorageFactory) -> None:
     session = fake_dropbox.session()
     try:

@@ -104,10 +104,10 @@ def test_submission_stored_and_recovered(ledger: Ledger) -> None:
     item = ledger.claim_next()
     assert item is not None
     ledger.record_submission(
-        item.id, SubmittedJob("urn:ff:jobs:1", "http://x/status/1"), resubmitted=False
+        item, SubmittedJob("urn:ff:jobs:1", "http://x/status/1"), resubmitted=False
     )
     restarted = Ledger(ledger.url, node_id="host-a:99")
-    recovered = restarted.recover_stale()
+    recovered = restarted.recover_expired()
     restarted.close()
     assert [r.id for r in recovered] == [item.id]
     again = ledger.get(item.id)
@@ -128,9 +128,9 @@ def test_other_hosts_claims_wait_for_their_lease(ledger: Ledger) -> None:
         remote.record_changes("s", ChangeBatch((file("a.jpg"),), "c1"), "local")
         assert remote.claim_next() is not None
         local = Ledger(ledger.url, node_id="host-a:1", clock=lambda: now[0])
-        assert local.recover_stale() == []
+        assert local.recover_expired() == []
         now[0] += timedelta(seconds=61)
-        assert len(local.recover_stale()) == 1
+        assert len(local.recover_expired()) == 1
         local.close()
     finally:
         remote.close()
@@ -229,6 +229,6 @@ def test_migration_0003_copies_existing_outputs(ledger_url: str) -> None:
     # the name stays A.jpg's: another input with that stem gets the fallback name
     old.record_changes("s", ChangeBatch((file("a.png"),), "c1"), "local")
     other = next(i for i in old.list_items() if i.path == "a.png")
-    taken = old.reserve_output(other.id, other.path_lower, 0, "spec", ["a.png", "a.png.png"])
+    taken = old.reserve_output(other, 0, "spec", ["a.png", "a.png.png"])
     assert taken == "a.png.png"
     old.close()

@@ -182,17 +182,17 @@ def test_healthz_follows_the_poll_loop_and_the_credentials(
         health = f"http://127.0.0.1:{server.port}/healthz"
         assert get(health) == (503, "no successful poll yet\n")
 
-        service.discover()
+        service.watcher.discover()
         assert get(health) == (200, "ok\n")
 
         clock.now += 16  # more than 3 poll intervals without a successful pass
         assert get(health) == (503, "last successful poll 16 s ago (limit 15 s)\n")
-        service.discover()
+        service.watcher.discover()
         assert get(health) == (200, "ok\n")
 
         register_secret("sl.secret-token-123")
         storage.revoked = True
-        service.discover()
+        service.watcher.discover()
         status, body = get(health)
         assert status == 503
         assert body == "credentials rejected: refresh token <redacted> was revoked\n"

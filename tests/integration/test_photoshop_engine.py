@@ -164,7 +164,7 @@ def harness(
 
 def test_is_an_engine(make_engine: MakeEngine) -> None:
     engine: Engine = make_engine(start=False)
-    assert (engine.name, engine.needs_link) == ("photoshop", True)
+    assert engine.name == "photoshop"
 
 
 def test_cutout_comes_back_as_png_with_alpha(
@@ -228,6 +228,13 @@ def test_resume_polls_the_stored_job_without_resubmitting(
     assert (resumed.links, resumed.recorded) == (0, [])
 
 
+def resubmission_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Why each resubmission happened, from its `cutout.resubmitted` record."""
+    return [
+        r.getMessage() for r in caplog.records if getattr(r, "event", None) == "cutout.resubmitted"
+    ]
+
+
 def test_expired_result_is_resubmitted_once(
     fake: FakePhotoshop,
     make_engine: MakeEngine,
@@ -244,9 +251,8 @@ def test_expired_result_is_resubmitted_once(
     assert cutout_iou(result, image[1]) >= 0.9
     assert fake.submissions_for(first.url) == 2
     assert len(resumed.recorded) == 1 and resumed.recorded[0] != first.recorded[0]
-    assert "expired" in resumed.job.extra["resubmitted"]
-    events = [getattr(r, "event", None) for r in caplog.records]
-    assert events.count("cutout.resubmitted") == 1
+    reasons = resubmission_reasons(caplog)
+    assert len(reasons) == 1 and "expired" in reasons[0]
     assert engine.stats().resubmissions == 1
 
 
@@ -265,13 +271,17 @@ def test_resubmits_at_most_once(
 
 
 def test_resume_of_a_job_adobe_forgot_resubmits(
-    fake: FakePhotoshop, make_engine: MakeEngine, image: tuple[bytes, np.ndarray]
+    fake: FakePhotoshop,
+    make_engine: MakeEngine,
+    image: tuple[bytes, np.ndarray],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ghost = SubmittedJob("urn:ff:jobs:fake:gone", f"{fake.url}/v2/status/urn:ff:jobs:fake:gone")
     h = harness(fake, image[0], submitted=ghost)
-    make_engine().cut_out(h.job)
+    with caplog.at_level(logging.INFO, logger="daemon.engines.photoshop"):
+        make_engine().cut_out(h.job)
     assert fake.submissions_for(h.url) == 1
-    assert "does not know" in h.job.extra["resubmitted"]
+    assert ["does not know" in reason for reason in resubmission_reasons(caplog)] == [True]
 
 
 def test_token_is_cached_and_renewed_on_401(
@@ -507,13 +517,17 @@ def test_each_submission_try_takes_a_fresh_link(
 
 
 def test_expired_result_of_a_fresh_job_is_resubmitted_at_once(
-    fake: FakePhotoshop, make_engine: MakeEngine, image: tuple[bytes, np.ndarray]
+    fake: FakePhotoshop,
+    make_engine: MakeEngine,
+    image: tuple[bytes, np.ndarray],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     engine = make_engine()
     fake.expire_next_results(1)
     h = harness(fake, image[0])
-    result = engine.cut_out(h.job)
+    with caplog.at_level(logging.INFO, logger="daemon.engines.photoshop"):
+        result = engine.cut_out(h.job)
     assert cutout_iou(result, image[1]) >= 0.9
     assert fake.submissions_for(h.url) == 2 and len(h.recorded) == 2
-    assert "expired" in h.job.extra["resubmitted"]
+    assert ["expired" in reason for reason in resubmission_reasons(caplog)] == [True]
     assert engine.stats().resubmissions == 1

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from daemon.compose import discovery_interval
 from daemon.config import Settings
 from daemon.notify import Notifier
-from daemon.service import Service, discovery_interval
+from daemon.service import Service
 from tests.helpers import write_shape
 
 MakeService = Callable[..., Service]
@@ -130,13 +131,13 @@ def test_each_discovery_pass_pings_watchdog_with_status(
     write_shape(root / "input" / "b.jpg", color=(10, 200, 30))
     service = make_service()
     service.start()
-    service.discover()
+    service.watcher.discover()
     page, passed = listener.pending()
     assert page == {"WATCHDOG": "1"}  # after each listed page, then after the pass
     assert passed["WATCHDOG"] == "1"
     assert passed["STATUS"] == "0 done, 0 in flight, 0 failed, 2 pending, last poll 0 s ago"
-    service.work_until_idle()
-    service.discover()
+    service.workers.work_until_idle()
+    service.watcher.discover()
     assert listener.pending()[-1]["STATUS"].startswith("2 done, 0 in flight, 0 failed, 0 pending")
 
 
@@ -149,9 +150,9 @@ def test_no_watchdog_ping_once_a_worker_thread_died(
     dead = threading.Thread(target=lambda: None, name="worker-0")
     dead.start()
     dead.join()
-    service._workers = [dead]
-    service.discover()
+    service.workers.threads = [dead]
+    service.watcher.discover()
     [message] = listener.pending()
     assert "WATCHDOG" not in message  # systemd will restart us after WatchdogSec
     assert message["STATUS"].startswith("0 done")
-    assert service.health() == "worker threads stopped: worker-0"
+    assert service.health.problem() == "worker threads stopped: worker-0"

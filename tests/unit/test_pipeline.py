@@ -189,9 +189,9 @@ def test_deleted_before_processing_is_skipped(make_service: MakeService, root: P
     write_shape(root / "input" / "a.jpg")
     service = make_service()
     service.start()
-    service.discover()
+    service.watcher.discover()
     (root / "input" / "a.jpg").unlink()
-    service.work_until_idle()
+    service.workers.work_until_idle()
     [item] = service.ledger.list_items()
     assert item.status == ItemStatus.SKIPPED
     assert item.last_error == "deleted before processing"
@@ -201,7 +201,7 @@ def test_crash_recovery_resets_processing(make_service: MakeService, root: Path)
     write_shape(root / "input" / "a.jpg")
     service = make_service()
     service.start()
-    service.discover()
+    service.watcher.discover()
     claimed = service.ledger.claim_next()
     assert claimed is not None
     # the process dies here; a new one starts on the same ledger
@@ -272,7 +272,7 @@ def test_a_failing_claim_does_not_end_the_worker(
         raise TransientError("ledger unavailable: database is locked")
 
     monkeypatch.setattr(service.ledger, "claim_next", claim_next)
-    service.work_until_idle()  # returns; the worker loop tries again later
+    service.workers.work_until_idle()  # returns; the worker loop tries again later
 
 
 TWO_OUTPUTS: dict[str, Any] = {
