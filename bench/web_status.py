@@ -194,8 +194,8 @@ def throughput(count: int, pairs: int) -> None:
         path.unlink()
     print(f"\n## throughput, {count} images of 1024x1024 per run, local engine, 2 workers")
     print("| pair | off img/s | on img/s | on/off | off CPU s | on CPU s | requests "
-          "| their CPU s | previews CPU s | page share of on CPU |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| their CPU s | previews CPU s | page share of on CPU | load 1 min |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     ratios, shares = [], []
     for pair in range(1, pairs + 1):
         order = (False, True) if pair % 2 else (True, False)
@@ -212,7 +212,7 @@ def throughput(count: int, pairs: int) -> None:
         print(f"| {pair} | {rates[False]:.3f} | {rates[True]:.3f} | {ratios[-1]:.3f} "
               f"| {cpu[False]:.1f} | {cpu[True]:.1f} | {page_cpu.requests} "
               f"| {page_cpu.request_seconds:.2f} | {page_cpu.preview_seconds:.2f} "
-              f"| {shares[-1] * 100:.2f} % |")  # fmt: skip
+              f"| {shares[-1] * 100:.2f} % | {os.getloadavg()[0]:.1f} |")  # fmt: skip
     print(f"\nmedian throughput on/off {statistics.median(ratios):.3f} (wall clock, shared "
           f"machine); the page's own work took {statistics.median(shares) * 100:.2f} % of the "
           "daemon's CPU (median)")  # fmt: skip
@@ -237,6 +237,7 @@ def main() -> None:
     latency(args.cache, args.count, args.runs)
     if not args.skip_throughput:
         throughput(args.images, args.pairs)
+    print(f"\n# load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -217,9 +217,15 @@ def _required_secret(name: str, key: str) -> str:
 
 
 def build_alerts(
-    settings: Settings, ledger: Ledger, engine: str, trouble: Trouble
+    settings: Settings,
+    ledger: Ledger,
+    engine: str,
+    trouble: Trouble,
+    polled: Callable[[], bool] = lambda: True,
 ) -> Alerts | None:
-    """One watcher per `[[notify]]` target, one dispatcher recording into the ledger."""
+    """One watcher per `[[notify]]` target, one dispatcher recording into the ledger.
+    `polled`: whether storage answered this process yet (a `degraded` left open by the
+    last stop is over only then)."""
     if not settings.notify:
         return None
     from datetime import UTC, datetime
@@ -258,6 +264,8 @@ def build_alerts(
                 trouble=trouble,
                 digest=lambda since, until: read_digest(ledger, since, until),
                 engine=engine,
+                open_degradation=ledger.open_degradation,
+                polled=polled,
             )
         )
     return Alerts(watchers, dispatcher)

@@ -14,8 +14,9 @@ from daemon import rendering
 from daemon.ledger_port import LedgerPort
 from daemon.logs import context
 from daemon.models import Area, Cutout, EngineResult, Item, OutputRecord, OutputSpec, Profile
-from daemon.previews import cutout_previews
+from daemon.previews import cutout_previews, input_preview
 from daemon.profiles import output_candidates
+from daemon.secrets import redact
 from daemon.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class OutputWriter:
     ) -> None:
         """`fold_case`: the storage ignores case in names (Dropbox). `previews`: told the
         status page's thumbnails (before, after) once a revision's outputs are written;
-        before is None when the engine did not see the input (Photoshop fetches it)."""
+        when the engine did not see the input (Photoshop fetches it), before comes from
+        the storage's thumbnail of it, and is None when there is none."""
         self.storage = storage
         self.ledger = ledger
         self.fold_case = fold_case
@@ -67,8 +69,25 @@ class OutputWriter:
             )
             paths.append(path)
         if self.previews is not None and previews is not None:
-            self.previews(item, *previews)
+            before, after = previews
+            self.previews(item, before if before is not None else self._before(item), after)
         return paths
+
+    def _before(self, item: Item) -> bytes | None:
+        """The "before" thumbnail of an input the engine fetched itself (Photoshop), from
+        the storage's own small picture of it (Dropbox's thumbnail), asked once, now. A
+        thumbnail is a nicety: any trouble leaves it out and the image goes on."""
+        try:
+            data = self.storage.input_thumbnail(item.as_file())
+            return input_preview(data) if data is not None else None
+        except Exception as exc:
+            log.info(
+                "no before thumbnail for %s: %s",
+                item.path,
+                redact(str(exc)),
+                extra=context("thumbnail.unavailable", path=item.path),
+            )
+            return None
 
     def reuse(self, item: Item, profile: Profile, original: Item) -> list[str] | None:
         """The outputs of `original` (same bytes) copied to this input's names, when it has

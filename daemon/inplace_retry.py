@@ -103,6 +103,9 @@ class PatientStorage:
     def wait_for_changes(self, cursor: str, timeout: float, stop: threading.Event) -> bool:
         return self.inner.wait_for_changes(cursor, timeout, stop)
 
+    def input_thumbnail(self, file: RemoteFile) -> bytes | None:
+        return self.inner.input_thumbnail(file)  # a nicety: not worth waiting for
+
     # -- waited out in place ---------------------------------------------------------------
 
     def ensure_layout(self) -> None:

@@ -97,6 +97,9 @@ def configure_logging(level: str = "INFO", format: str = "json") -> None:
     root.setLevel(level)
     for noisy in ("urllib3", "alembic", "dropbox"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # APScheduler tells of every run, and warns of runs skipped while a pass is under way or
+    # late past their grace: discovery coalesces those on purpose. Its errors still show.
+    logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))
 
 
 def context(event: str, **fields: Any) -> dict[str, Any]:

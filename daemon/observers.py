@@ -32,7 +32,8 @@ class PipelineObserver(Protocol):
     def output_written(self, item: Item, before: bytes | None, after: bytes) -> None:
         """A revision's outputs are written; `before` and `after` are small WebP renderings
         of its input and cutout for the status page (daemon.previews; `before` None when
-        the engine never saw the input: Photoshop fetches it itself)."""
+        there is no picture of the input: the engine never saw it, as Photoshop fetches
+        it itself, and the storage had no thumbnail of it)."""
 
     def item_failed(self, item: Item, reason: str) -> None: ...
 

@@ -1,7 +1,7 @@
 """Composition root: builds everything from settings (with the builders of `compose`),
 wires the worker pool, the change watcher and the health reporter, and runs the one loop
-that serves both `run` and `run --once`; handles signals and the drain. Only `cli`
-imports this module."""
+that serves both `run` and `run --once` over the discovery schedule (an APScheduler job,
+daemon.scheduling); handles signals and the drain. Only `cli` imports this module."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from daemon.models import ItemStatus
 from daemon.notify import Notifier
 from daemon.observers import Observers, PipelineObserver
 from daemon.pipeline import Pipeline
+from daemon.scheduling import DiscoverySchedule, PassResult
 from daemon.storage.base import Storage
 from daemon.watcher import ChangeWatcher, always
 from daemon.workers import WorkerPool
@@ -111,7 +112,11 @@ class Service:
         self.metrics = build_metrics(settings, self.engine)
         self.thumbnails = build_thumbnails(settings)
         self.alerts = build_alerts(
-            settings, self.ledger, self.engine.name, lambda now, t: self.health.trouble(now, t)
+            settings,
+            self.ledger,
+            self.engine.name,
+            lambda now, t: self.health.trouble(now, t),
+            polled=lambda: self.watcher.last_poll_time is not None,
         )
         watchers = self.alerts.watchers if self.alerts is not None else []
         self.observers = Observers(
@@ -152,10 +157,12 @@ class Service:
             on_fatal=self._fatal,
             progress=lambda: self.health.ping_watchdog(),
             after_pass=lambda: self.health.report(),
+            on_change=lambda: self.schedule.wake_now(),
             on_polled=self.metrics.poll_succeeded if self.metrics is not None else None,
             may_list=self.ledger.hold_lease if self.ledger.shared else always,
             monotonic=monotonic,
         )
+        self.schedule = DiscoverySchedule(self.watcher.discover, interval=self.poll_every)
         self.health = HealthReporter(
             self.ledger,
             self.storage,
@@ -248,7 +255,7 @@ class Service:
         """Stop taking work; wake every wait so the loop and the workers see it."""
         self.stop.set()
         self.wake.set()
-        self.watcher.changed.set()
+        self.schedule.interrupt()
 
     def _fatal(self, exc: BaseException) -> None:
         if isinstance(exc, AuthError):
@@ -298,10 +305,10 @@ class Service:
         self.run(once=False)
 
     def run(self, *, once: bool) -> RunSummary | None:
-        """The one loop of `run` and `run --once`: a discovery pass, then wait for the
-        next while the workers process what is due. `once` adds a stop condition (nothing
-        due, nothing settling, discovery done) and returns a summary; otherwise the loop
-        runs until a stop is asked. Either way it ends with the drain."""
+        """The one loop of `run` and `run --once`: discovery passes on the schedule while
+        the workers process what is due. `once` adds a stop condition (workers idle,
+        nothing due, nothing settling, discovery done) and returns a summary; otherwise the
+        loop runs until a stop is asked. Either way it ends with the drain."""
         started = datetime.now(UTC)
         self.start(wait_for_engine=not once)  # once: the model loads during the first scan
         server = None if once else self.serve_http()
@@ -334,33 +341,42 @@ class Service:
         )
 
     def _loop(self, once: bool) -> None:
-        failures = 0
-        while not self.stop.is_set():
-            began = self.monotonic()
-            settling = self.watcher.discover()
-            self.engine_started()  # the first scan ran while the model loaded
-            self.workers.start()
-            if self.settings.source.longpoll and not once:
-                self.watcher.start_longpoll(float(self.settings.dropbox.longpoll_timeout))
-            failures = failures + 1 if settling is None else 0
-            wait = self._until_next_pass(once, settling, failures, began)
-            if wait is None:
-                return
-            self.watcher.wait_for_next_pass(wait)
+        """Start the schedule (its first pass at once) and follow its passes until a stop
+        or, for `run --once`, the stop condition; the scheduler is shut down after."""
+        self.schedule.start(hold_between_passes=once)
+        try:
+            failures = 0
+            passed = self.schedule.wait_for_pass(after=0)
+            while passed is not None and not self.stop.is_set():
+                self.engine_started()  # the first scan ran while the model loaded
+                self.workers.start()
+                if not once:
+                    self._start_longpoll()
+                    self.stop.wait()  # passes go on at the interval until a stop
+                    return
+                failures = failures + 1 if passed.settling is None else 0
+                wait = self._until_next_pass(passed, failures)
+                if wait is None:
+                    return
+                self.schedule.run_in(wait)
+                passed = self.schedule.wait_for_pass(after=passed.number)
+        finally:
+            self.schedule.shutdown()
 
-    def _until_next_pass(
-        self, once: bool, settling: int | None, failures: int, began: float
-    ) -> float | None:
-        """Seconds until the next discovery pass; None when `run --once` is done."""
-        if not once:
-            return self.poll_every - (self.monotonic() - began)
+    def _start_longpoll(self) -> None:
+        if self.settings.source.longpoll:
+            self.watcher.start_longpoll(float(self.settings.dropbox.longpoll_timeout))
+
+    def _until_next_pass(self, passed: PassResult, failures: int) -> float | None:
+        """`run --once`: seconds until the next discovery pass, once the workers are idle;
+        None when nothing is due or settling and discovery is done."""
         if failures > self.settings.retry.max_attempts:
             raise TransientError(f"storage unavailable after {failures - 1} retries")
         self.workers.wait_until_idle()
         due = self.ledger.next_due_at()
-        if due is None and settling == 0:
+        if due is None and passed.settling == 0:
             return None
-        if settling is None:
+        if passed.settling is None:
             return max(self.settings.retry.delay_after(failures), 0.05)
         wait = 1.0 if due is None else (due - datetime.now(UTC)).total_seconds()
         return min(max(wait, 0.05), ONCE_PASS_AT_MOST)

@@ -1,6 +1,8 @@
 """The change watcher: discovery passes (list what changed since the stored cursor), the
-Dropbox longpoll that starts a pass as soon as something changes, and the sweep of input
-moves still owed after each pass.
+Dropbox longpoll that asks for a pass as soon as something changes, and the sweep of input
+moves still owed after each pass. When passes run is the schedule's business
+(daemon.scheduling): the watcher runs one when asked (`discover`) and tells `on_change`
+when storage reports a change.
 
 `may_list` is the hook for a lister lease: asked before each listing, "may this node list
 now?"; one node alone always may (the default). On a shared ledger only the lease holder
@@ -29,7 +31,7 @@ def always() -> bool:
 
 class ChangeWatcher:
     """Discovery over one storage. `wake` is set when a pass found new revisions (for the
-    workers); `changed` is set when the next pass should start now (longpoll, stop)."""
+    workers); `on_change` is called when the next pass should start now (longpoll)."""
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class ChangeWatcher:
         on_fatal: Callable[[BaseException], None],
         progress: Callable[[], None],
         after_pass: Callable[[], None],
+        on_change: Callable[[], None] = lambda: None,
         on_polled: Callable[[float], None] | None = None,
         may_list: Callable[[], bool] = always,
         monotonic: Callable[[], float] = time.monotonic,
@@ -56,10 +59,10 @@ class ChangeWatcher:
         self.on_fatal = on_fatal
         self.progress = progress
         self.after_pass = after_pass
+        self.on_change = on_change
         self.on_polled = on_polled
         self.may_list = may_list
         self.monotonic = monotonic
-        self.changed = threading.Event()
         self.listing = True  # holds the lister lease (always, alone on its ledger)
         self.last_poll_at: float | None = None  # monotonic, for /healthz
         self.last_poll_time: float | None = None  # unix time, for people
@@ -98,15 +101,10 @@ class ChangeWatcher:
         if found.added:
             self.wake.set()
 
-    def wait_for_next_pass(self, seconds: float) -> None:
-        """Wait up to `seconds` for the next pass; a change (or stop) cuts it short."""
-        if self.changed.wait(max(seconds, 0.0)):
-            self.changed.clear()
-
     # -- longpoll -------------------------------------------------------------------------
 
     def start_longpoll(self, timeout: float) -> None:
-        """Start a pass as soon as storage reports a change (Dropbox longpoll); once."""
+        """Call `on_change` as soon as storage reports a change (Dropbox longpoll); once."""
         if self._longpoll is None:
             self._longpoll = threading.Thread(
                 target=self._longpoll_loop, args=(timeout,), name="longpoll", daemon=True
@@ -134,4 +132,4 @@ class ChangeWatcher:
                 self.stop.wait(5.0)
                 continue
             if changed and not self.stop.is_set():
-                self.changed.set()
+                self.on_change()

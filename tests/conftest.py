@@ -13,6 +13,17 @@ from daemon.storage.local import LocalStorage
 from tests.helpers import ChromaKeyEngine
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One cache for the model's derived halves per test run (inherited by every `cutoutd`
+    process the tests start), never the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache))
+        patch.delenv("CACHE_DIRECTORY", raising=False)
+        yield cache
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path / "RemoveBGProcess"

@@ -23,6 +23,15 @@ class Alerts:
         self._thread = threading.Thread(target=self._loop, name="alerts-tick", daemon=True)
 
     def start(self) -> None:
+        for watcher in self.watchers:
+            try:
+                watcher.start()
+            except Exception:  # the ledger is busy: this target forgets a stale `degraded`
+                log.exception(
+                    "cannot read what %s was last told",
+                    watcher.target.name,
+                    extra=context("notify.error", target=watcher.target.name),
+                )
         self.dispatcher.start()
         self._thread.start()
 

@@ -25,8 +25,10 @@ from daemon.models import Item
 from daemon.observers import NullObserver
 
 STORM_WINDOW = timedelta(minutes=5)
+REOPENED = "the trouble told before cutoutd last stopped"
 Trouble = Callable[[datetime, float], str | None]  # (now, threshold s) -> reason or None
 DigestSource = Callable[[datetime, datetime], Digest]  # [since, until)
+OpenDegradation = Callable[[str], datetime | None]  # target -> when its open `degraded` was sent
 
 
 def next_local_time(after: datetime, hour: int, minute: int) -> datetime:
@@ -51,7 +53,11 @@ class AlertWatcher(NullObserver):
         trouble: Trouble,
         digest: DigestSource,
         engine: str,
+        open_degradation: OpenDegradation = lambda target: None,
+        polled: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`open_degradation` and `polled` carry a `degraded` across a restart (credentials
+        rejected stop the daemon, exit 77): see `start`."""
         self.target = target
         self.sender = sender
         self.dispatcher = dispatcher
@@ -66,7 +72,18 @@ class AlertWatcher(NullObserver):
         self._rate_limited: deque[datetime] = deque()
         self._engine_trouble_since: datetime | None = None
         self._degraded: tuple[str, datetime] | None = None
+        self._reopened = False
+        self.open_degradation = open_degradation
+        self.polled = polled
         self._next_digest = next_local_time(now(), *target.digest_at)
+
+    def start(self) -> None:
+        """A `degraded` this target was sent before the last stop, with no `recovered`
+        after it, is still open: `recovered` is sent once the trouble is over and storage
+        has answered this process (a successful poll), not merely because it started."""
+        since = self.open_degradation(self.target.name)
+        if since is not None and self._degraded is None:
+            self._degraded, self._reopened = (REOPENED, since), True
 
     def _send(self, alert: Alert) -> None:
         if alert.event in self.target.events:
@@ -143,5 +160,7 @@ class AlertWatcher(NullObserver):
             self._degraded = (reason, now)
             self._send(degraded_alert(reason, now))
         elif reason is None and self._degraded is not None:
-            (was, since), self._degraded = self._degraded, None
+            if self._reopened and not self.polled():
+                return  # restarted, and storage has not answered yet
+            (was, since), self._degraded, self._reopened = self._degraded, None, False
             self._send(recovered_alert(was, since, now))

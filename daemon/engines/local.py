@@ -38,16 +38,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from daemon.engines import onnx_session
+from daemon.engines import model_split, onnx_session
 from daemon.engines.onnx_session import (
     INSTALL_HINT,
     Hardware,
+    SplitModelRun,
+    WholeModel,
     arena_lock,
     register_process_arena,
     require_runtime,
-    run_model,
 )
 from daemon.engines.u2net_io import MODEL_SIDE, mask_image, model_input
 from daemon.errors import EngineUnavailableError
@@ -117,8 +118,11 @@ class ModelGate:
 
     STAGGER = 1.0  # share of a run that the runs in flight split between them
 
-    def __init__(self, runs: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, runs: int, clock: Callable[[], float] = time.monotonic, *, stagger: float = STAGGER
+    ) -> None:
         self.runs = runs
+        self.stagger = stagger
         self.typical: float | None = None  # seconds, exponential mean of finished runs
         self._clock = clock
         self._started: dict[int, float] = {}
@@ -155,9 +159,13 @@ class ModelGate:
             return 0
         if not self._started:
             return None
-        if alone or self._alone or len(self._started) >= self.runs or self.typical is None:
+        if alone or self._alone or len(self._started) >= self.runs:
             return 0
-        gap = self.STAGGER / self.runs * self.typical
+        if not self.stagger:
+            return None
+        if self.typical is None:
+            return 0
+        gap = self.stagger / self.runs * self.typical
         youngest = self._clock() - max(self._started.values())
         return None if youngest >= gap else gap - youngest
 
@@ -178,13 +186,18 @@ class LocalEngine:
         threads: int | None = None,
         idle_release: float | None = DEFAULT_IDLE_RELEASE,
         device: str = "auto",
+        cache: Path | None = None,
+        split: bool = True,
     ) -> None:
         """`distribution` overrides the package the model file is looked up in; `model_runs`
         how many images may be in the model at once (default: min(workers, cores, 2));
         `threads` each run's intra-op threads (default: cores // model_runs);
         `idle_release` is how many seconds without images before the model's working
         memory goes back to the OS (None: keep it); `device` is "auto", "cpu" or "cuda"
-        (see `onnx_session`)."""
+        (see `onnx_session`); `cache` is where the model's two halves are kept when more
+        than one run is in the model at once (see `model_split`; default its
+        `cache_directory()`); `split=False` keeps the model whole even then (for
+        comparisons)."""
         if any(count is not None and count < 1 for count in (workers, model_runs, threads)):
             raise ValueError("workers, model_runs and threads must be at least 1")
         if model not in MODELS:
@@ -204,6 +217,9 @@ class LocalEngine:
         self.idle_releases = 0  # how many times the arena went back to the OS
         self.device = device
         self.hardware: Hardware | None = None  # known once started
+        self.cut: str | None = None  # the node the model is cut before, once started
+        self._cache = cache
+        self._split = split
         self._source = source
         self._slots = threading.BoundedSemaphore(workers)  # images in the engine
         self._gate = ModelGate(self.model_runs)  # images in the model
@@ -211,22 +227,31 @@ class LocalEngine:
         self._releasing = threading.Lock()  # taken before _lock, never after
         self._in_engine = 0
         self._idle_timer: threading.Timer | None = None
-        self._session: Any = None
+        self._model: WholeModel | SplitModelRun | None = None
 
     def start(self) -> None:
         """Load the model once. Raises EngineUnavailableError saying what to install."""
-        if self._session is not None:
+        if self._model is not None:
             return
         require_runtime()
         path = locate_model(self._source)
+        cut = model_split.CUTS.get(self.model) if self.model_runs > 1 and self._split else None
+        split = model_split.split_model(path, cut, self._cache) if cut else None
         providers = onnx_session.providers_for(self.device, onnx_session.available_providers())
         with arena_lock:
             shared_arena = register_process_arena()
         # Idle pool threads spin only when nothing else of ours wants the cores.
         spin = self.workers == self.model_runs == 1
         options = onnx_session.session_options(self.threads, spin=spin, shared_arena=shared_arena)
-        session = onnx_session.open_session(path, options, providers)
-        provider = onnx_session.check_providers(self.device, providers, session.get_providers())
+        model: WholeModel | SplitModelRun
+        if split is None:
+            model = WholeModel(onnx_session.open_session(path, options, providers))
+        else:
+            head = onnx_session.open_session(split.head, options, providers)
+            tail = onnx_session.open_session(split.tail, options, providers)
+            model = SplitModelRun(head, tail, split.crossing)
+            self.cut = split.cut
+        provider = onnx_session.check_providers(self.device, providers, model.providers())
         self.hardware = Hardware(
             onnx_session.runtime_version(),
             provider,
@@ -235,13 +260,16 @@ class LocalEngine:
             self.threads,
             self.model_runs,
         )
-        self._session = session
+        self._model = model
         hardware = {"runtime": self.hardware.runtime, "provider": provider}
         hardware |= {"device": self.hardware.device, "precision": "fp32"}
         counts = {"model_runs": self.model_runs, "threads": self.threads, "workers": self.workers}
         extra = {"event": "engine.started", "engine": self.name, "model": self.model, **counts}
-        extra |= {"model_path": str(path), **hardware}
-        log.info("local engine ready: %s on %s", self.model, self.hardware.line(), extra=extra)
+        extra |= {"model_path": str(path), "cut": self.cut, **hardware}
+        halves = f"; cut before {self.cut}, the tail one image at a time" if self.cut else ""
+        log.info(
+            "local engine ready: %s on %s%s", self.model, self.hardware.line(), halves, extra=extra
+        )
 
     def describe(self) -> str:
         """What runs the model, once started: runtime, provider (device), precision, threads."""
@@ -252,14 +280,14 @@ class LocalEngine:
         the outputs are rendered from them outside the engine's slots."""
         from daemon import imaging
 
-        if self._session is None:
+        if self._model is None:
             raise EngineUnavailableError("local engine: cut_out() called before start()")
         data = job.read_bytes()  # outside the slots: a slow download holds no image memory
         with self._slots:
-            session = self._enter()
+            model = self._enter()
             try:
                 image = imaging.decode_image(data, max_pixels=self.max_pixels)
-                mask = self._predict_mask(session, image)
+                mask = self._predict_mask(model, image)
             finally:
                 self._leave()
         return Cutout(image, imaging.combined_alpha(image, mask))
@@ -267,20 +295,20 @@ class LocalEngine:
     def close(self) -> None:
         with self._releasing, self._lock:  # waits for an idle release in progress
             self._cancel_idle_timer()
-            self._session = None
+            self._model = None
 
-    def _enter(self) -> Any:
+    def _enter(self) -> WholeModel | SplitModelRun:
         with self._lock:
-            if self._session is None:
+            if self._model is None:
                 raise EngineUnavailableError("local engine: closed while an image was waiting")
             self._in_engine += 1
             self._cancel_idle_timer()
-            return self._session
+            return self._model
 
     def _leave(self) -> None:
         with self._lock:
             self._in_engine -= 1
-            idle = self._in_engine == 0 and self._session is not None
+            idle = self._in_engine == 0 and self._model is not None
             if idle and self.idle_release is not None:
                 self._idle_timer = threading.Timer(self.idle_release, self._release_if_idle)
                 self._idle_timer.daemon = True
@@ -298,15 +326,15 @@ class LocalEngine:
 
         with self._releasing:
             with self._lock:
-                if self._in_engine or self._session is None:
+                if self._in_engine or self._model is None:
                     return
-                session = self._session
+                model = self._model
             blank = np.zeros((1, 3, MODEL_SIDE, MODEL_SIDE), np.float32)
             with self._gate.admit(alone=True):  # nothing else allocates while it shrinks
                 with self._lock:
                     if self._in_engine:  # images came meanwhile: they will use the arena
                         return
-                run_model(session, blank, shrink_arena=True)
+                model.run(blank, shrink_arena=True)
             self.idle_releases += 1
         log.debug(
             "local engine idle: model memory released",
@@ -315,14 +343,14 @@ class LocalEngine:
 
     def predict_mask(self, image: Image.Image) -> Image.Image:
         """The alpha mask (mode L, the image's size) for a decoded image; after `start()`."""
-        session = self._enter()
+        model = self._enter()
         try:
-            return self._predict_mask(session, image)
+            return self._predict_mask(model, image)
         finally:
             self._leave()
 
-    def _predict_mask(self, session: Any, image: Image.Image) -> Image.Image:
+    def _predict_mask(self, model: WholeModel | SplitModelRun, image: Image.Image) -> Image.Image:
         tensor = model_input(image)
         with self._gate.admit():
-            prediction = run_model(session, tensor)
+            prediction = model.run(tensor)
         return mask_image(prediction, image.size)

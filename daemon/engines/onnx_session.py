@@ -12,6 +12,7 @@ onnxruntime is imported lazily, so that this module imports without the `local` 
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib
 import logging
@@ -151,15 +152,74 @@ def available_providers() -> list[str]:
 
 def run_model(session: Any, tensor: np.ndarray, *, shrink_arena: bool = False) -> np.ndarray:
     """The fused map (output 0) for one 1x3x320x320 input."""
+    feeds = {session.get_inputs()[0].name: tensor}
+    output = session.get_outputs()[0].name
+    result: np.ndarray = session.run([output], feeds, _run_options(shrink_arena))[0]
+    return result
+
+
+class WholeModel:
+    """The model in one session: every run goes through all of it."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def run(self, tensor: np.ndarray, *, shrink_arena: bool = False) -> np.ndarray:
+        return run_model(self.session, tensor, shrink_arena=shrink_arena)
+
+
+class SplitModelRun:
+    """The model as two sessions (see `model_split`): the head may run for several images
+    at once, the tail for one at a time, since it holds the run's memory peak. The tail's
+    output is the whole model's, bit for bit."""
+
+    def __init__(self, head: Any, tail: Any, crossing: tuple[str, ...]) -> None:
+        self.head = head
+        self.tail = tail
+        self.crossing = list(crossing)
+        self._tail_lock = threading.Lock()
+
+    def providers(self) -> list[str]:
+        return list(self.tail.get_providers())
+
+    def run(self, tensor: np.ndarray, *, shrink_arena: bool = False) -> np.ndarray:
+        options = _run_options(shrink_arena)
+        middle = self.head.run(self.crossing, {self.head.get_inputs()[0].name: tensor}, options)
+        if shrink_arena:  # the head's outputs may sit in the arena: copy them out of it
+            import numpy as np
+
+            middle = [np.array(value, copy=True) for value in middle]
+        feeds = dict(zip(self.crossing, middle, strict=True))
+        del middle
+        with self._tail_lock:
+            output = self.tail.get_outputs()[0].name
+            result: np.ndarray = self.tail.run([output], feeds, options)[0]
+        if shrink_arena:
+            feeds.clear()
+            trim_heap()  # the copies went to the C heap, which keeps freed memory
+        return result
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free memory back to the OS (glibc's `malloc_trim`; elsewhere a no-op)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)
+
+
+def _run_options(shrink_arena: bool) -> Any:
+    if not shrink_arena:
+        return None
     import onnxruntime as ort
 
-    options = None
-    if shrink_arena:
-        options = ort.RunOptions()
-        options.add_run_config_entry(*_SHRINK_ARENA)
-    feeds = {session.get_inputs()[0].name: tensor}
-    result: np.ndarray = session.run([session.get_outputs()[0].name], feeds, options)[0]
-    return result
+    options = ort.RunOptions()
+    options.add_run_config_entry(*_SHRINK_ARENA)
+    return options
 
 
 def require_runtime() -> None:

@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, func, select
+from sqlalchemy import Float, String, func, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -35,6 +35,30 @@ def _seconds_sqlite(element: seconds_between, compiler: SQLCompiler, **kw: Any) 
 def _seconds_postgresql(element: seconds_between, compiler: SQLCompiler, **kw: Any) -> str:
     start, end = (compiler.process(c, **kw) for c in element.clauses)
     return f"CAST(EXTRACT(EPOCH FROM ({end} - {start})) AS DOUBLE PRECISION)"
+
+
+class hour_of(FunctionElement[str]):
+    """The UTC hour a timestamp falls in, as text `YYYY-MM-DD HH` (a GROUP BY key)."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(hour_of)
+def _hour_sqlite(element: hour_of, compiler: SQLCompiler, **kw: Any) -> str:
+    (moment,) = (compiler.process(c, **kw) for c in element.clauses)
+    return f"substr({moment}, 1, 13)"  # naive UTC text: `2026-11-29 08:15:00.000000`
+
+
+@compiles(hour_of, "postgresql")
+def _hour_postgresql(element: hour_of, compiler: SQLCompiler, **kw: Any) -> str:
+    (moment,) = (compiler.process(c, **kw) for c in element.clauses)
+    return f"to_char({moment} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24')"
+
+
+def parse_hour(key: str) -> datetime:
+    """`hour_of`'s text back to the hour's first instant (UTC)."""
+    return datetime.strptime(key, "%Y-%m-%d %H").replace(tzinfo=UTC)
 
 
 def glob_to_like(pattern: str) -> str:

@@ -42,6 +42,10 @@ from daemon.storage.base import Storage
 
 HOLD_SECONDS = 600.0
 EVENTS = {ItemStatus.FAILED: "retry_requested", ItemStatus.SUCCEEDED: "reprocess_requested"}
+ABANDONED = "requeue_abandoned"
+# The only events that take a finished revision out of its outcome, or put it back with its
+# old finish time (daemon.ledger.dashboard caches counts of old finishes until one appears).
+REOPENING_EVENTS = (*EVENTS.values(), ABANDONED)
 
 
 class RequeueError(CutoutdError):
@@ -205,9 +209,7 @@ class Requeuer:
             "started_at": item.started_at,
             "finished_at": item.finished_at,
         }
-        self._transition(
-            item, ItemStatus.PENDING, previous, "requeue_abandoned", values, reason=reason
-        )
+        self._transition(item, ItemStatus.PENDING, previous, ABANDONED, values, reason=reason)
 
     def _transition(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -375,6 +376,22 @@ class Ledger(NodeLedger):
                     error=error,
                 )
             )
+
+    def open_degradation(self, target: str) -> datetime | None:
+        """When `target` was sent a `degraded` that no `recovered` followed; None if none."""
+        query = (
+            select(NotificationRow.event, NotificationRow.at)
+            .where(
+                NotificationRow.target == target,
+                NotificationRow.event.in_(("degraded", "recovered")),
+                NotificationRow.status == "sent",
+            )
+            .order_by(NotificationRow.id.desc())
+            .limit(1)
+        )
+        with self.transaction() as connection:
+            last = connection.execute(query).first()
+        return last.at if last is not None and last.event == "degraded" else None
 
     def notifications(self) -> list[dict[str, Any]]:
         """Every notification record, oldest first."""

@@ -58,6 +58,13 @@ class Storage(Protocol):
         """A fresh URL from which a remote engine can fetch the input (a secret)."""
         ...
 
+    def input_thumbnail(self, file: RemoteFile) -> bytes | None:
+        """An encoded picture of exactly this revision for the status page's "before"
+        thumbnail, for an input whose bytes cutoutd never holds (a remote engine fetches it
+        itself): Dropbox's own small thumbnail, or a local folder's file as it is on disk.
+        None when the storage makes none for it (not a picture it renders, or replaced)."""
+        ...
+
     def write(self, area: Area, path: str, data: bytes) -> str:
         """Write a whole file, replacing any existing one; returns the stored path."""
         ...

@@ -58,6 +58,16 @@ UPLOAD_LIMIT = 150 * MIB  # one `files/upload` call; larger files go through a s
 UPLOAD_CHUNK = 64 * MIB  # per upload-session call
 BATCH_SIZE = 1000  # entries per `files/move_batch_v2`
 LONGPOLL_GRACE = 10.0  # socket timeout beyond the longpoll's own (the server adds jitter)
+# `files/get_thumbnail_v2` errors meaning "no thumbnail for this file", not a failure.
+NO_THUMBNAIL = frozenset(
+    {
+        "unsupported_extension",
+        "unsupported_image",
+        "conversion_error",
+        "encrypted_content",
+        "not_found",
+    }
+)
 
 
 class DropboxStorage:
@@ -289,6 +299,27 @@ class DropboxStorage:
         if result.metadata.rev != file.rev:
             raise ItemGoneError(f"{file.path} was replaced (rev {result.metadata.rev})")
         return str(result.link)
+
+    def input_thumbnail(self, file: RemoteFile) -> bytes | None:
+        """Dropbox's thumbnail of exactly this revision (`files/get_thumbnail_v2` on
+        `rev:`): WebP with transparency kept, at most 256 px a side. None when Dropbox
+        renders none for it (not a picture it knows, over 20 MB) or the revision is gone."""
+        path = self._full(Area.INPUT, file.path)
+        with self._edge("thumbnail", path):
+            try:
+                _, response = self._client.files_get_thumbnail_v2(
+                    sdk_files.PathOrLink.path(f"rev:{file.rev}"),
+                    format=sdk_files.ThumbnailFormat.webp,
+                    size=sdk_files.ThumbnailSize.w256h256,
+                    preserve_transparency=True,
+                )
+            except sdk_errors.ApiError as exc:
+                if NO_THUMBNAIL.intersection(tag_chain(exc.error)):
+                    return None
+                raise
+            with contextlib.closing(response):
+                data: bytes = response.content
+        return data
 
     # ------------------------------------------------------------------ writing
 

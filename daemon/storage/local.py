@@ -192,6 +192,13 @@ class LocalStorage:
             raise ItemGoneError("replaced by a newer revision before processing")
         return data
 
+    def input_thumbnail(self, file: RemoteFile) -> bytes | None:
+        """The input itself: it is on this disk, so nothing is transferred."""
+        try:
+            return self.read(file)
+        except ItemGoneError:
+            return None
+
     def temporary_link(self, file: RemoteFile) -> str:
         raise PermanentItemError("a local folder cannot hand out URLs; use source.kind = dropbox")
 

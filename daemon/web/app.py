@@ -21,7 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from daemon.ledger.audit import AuditArgumentError, ItemFilter
 from daemon.ledger.dashboard import Dashboard
 from daemon.logs import context
-from daemon.models import ItemStatus
+from daemon.models import Item, ItemStatus
 from daemon.secrets import redact
 from daemon.web.security import COOKIE, CSRF_FIELD, Guard
 from daemon.web.thumbnails import SIDES, Thumbnails
@@ -30,6 +30,7 @@ from daemon.web.views import overview_record, parse_day, when
 log = logging.getLogger(__name__)
 PER_PAGE = 24
 FAILURES_PER_PAGE = 50
+LATEST_FAILURES = 5  # on the overview
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -124,6 +125,9 @@ class Pages:
         app.add_url_rule(
             "/fragments/results", "results_fragment", self.results_fragment, methods=get
         )
+        app.add_url_rule(
+            "/fragments/failures", "failures_fragment", self.failures_fragment, methods=get
+        )
         app.add_url_rule("/failures", "failures", self.failures, methods=get)
         app.add_url_rule("/items/<int:item_id>", "item", self.item, methods=get)
         app.add_url_rule("/thumbs/<int:item_id>-<side>.webp", "thumb", self.thumb, methods=get)
@@ -156,21 +160,25 @@ class Pages:
         now = self.now()
         local_midnight = now.astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
         overview = self.dashboard.overview(now, local_midnight.astimezone(UTC))
-        newest = self.dashboard.page(ItemFilter((ItemStatus.SUCCEEDED,)), 1, 1).items
         return overview_record(
             overview,
             health=self.live.health(),
             last_poll=self.live.last_poll(),
             engine=self.live.engine,
-            newest_result=newest[0].id if newest else None,
         )
+
+    def _latest_failures(self) -> list[Item]:
+        return self.dashboard.page(ItemFilter((ItemStatus.FAILED,)), 1, LATEST_FAILURES).items
 
     def index(self) -> str:
         page = self.dashboard.page(ItemFilter((ItemStatus.SUCCEEDED,)), 1, PER_PAGE)
-        failures = self.dashboard.page(ItemFilter((ItemStatus.FAILED,)), 1, 5)
         return self._render(
-            "index.html", overview=self._overview(), page=page, failures=failures.items
+            "index.html", overview=self._overview(), page=page, failures=self._latest_failures()
         )
+
+    def failures_fragment(self) -> str:
+        """The overview's latest failures, for its live updates."""
+        return self._render("_failures.html", failures=self._latest_failures())
 
     def _results_page(self) -> Any:
         number = request.args.get("page", 1, type=int) or 1

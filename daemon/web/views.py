@@ -42,7 +42,6 @@ def overview_record(
     health: str | None,
     last_poll: float | None,
     engine: str,
-    newest_result: int | None,
 ) -> dict[str, Any]:
     """The overview as JSON: what the page draws and what its live updates refresh."""
     return {
@@ -66,5 +65,7 @@ def overview_record(
         "health": health or "ok",
         "healthy": health is None,
         "last_poll": when(datetime.fromtimestamp(last_poll, UTC)) if last_poll else "—",
-        "newest_result": newest_result,
+        "newest_result": overview.newest_result,
+        # changes when a revision newly fails, or one listed stops being failed (a retry)
+        "failures_key": f"{overview.newest_failure}:{overview.all_time[ItemStatus.FAILED]}",
     }

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
-from tests.e2e.conftest import CUTOUTD, run_cutoutd
+from tests.e2e.conftest import CUTOUTD, Daemon, run_cutoutd, wait_for
 from tests.fakes.dropbox_server import FakeDropbox
 from tests.fakes.photoshop_server import FakePhotoshop
 from tests.helpers import alpha_iou, encode, shape_image
@@ -272,3 +273,45 @@ def test_a_premium_folder_goes_to_adobe_and_the_rest_to_the_local_model(
         **{f"premium/{name}": "photoshop" for name in premium},
         **{name: "local" for name in rest},
     }
+
+
+def test_photoshop_images_get_a_before_thumbnail_from_dropbox_once(
+    dropbox: FakeDropbox, adobe: FakePhotoshop, config: Path, tmp_path: Path
+) -> None:
+    """cutoutd never holds a Photoshop input's bytes: the "before" picture is Dropbox's own
+    thumbnail of that revision, asked once when the outputs are written. The page serves
+    it from the state directory; loading the page asks Dropbox nothing."""
+    images = {}
+    for name, color in (("red.jpg", (200, 40, 40)), ("green.jpg", (40, 160, 60))):
+        image, _ = shape_image((400, 300), shape="ellipse", color=color)
+        images[name] = image
+        dropbox.put_file(f"{ROOT}/input/{name}", encode(image, "JPEG", quality=95))
+    running = Daemon(config, environment(dropbox, adobe), tmp_path / "daemon.log")
+    try:
+        url = running.url()
+
+        def succeeded() -> bool:
+            overview = requests.get(f"{url}/api/overview", timeout=5).json()
+            return bool(overview["counts"]["all"]["succeeded"] == len(images))
+
+        wait_for(succeeded, 120, "both Photoshop cutouts")
+        asked = dropbox.counts["files/get_thumbnail_v2"]
+        rows = {row["path"]: row["id"] for row in ledger_rows(config)}
+        for name, image in images.items():
+            reply = requests.get(f"{url}/thumbs/{rows[name]}-before.webp", timeout=5)
+            assert reply.status_code == 200 and reply.headers["Content-Type"] == "image/webp"
+            before = Image.open(io.BytesIO(reply.content))
+            assert before.format == "WEBP" and max(before.size) <= 256 and before.size[0] > 100
+            expected = np.asarray(image.convert("RGB").resize(before.size), dtype=float)
+            difference = np.abs(np.asarray(before.convert("RGB"), dtype=float) - expected)
+            assert difference.mean() < 8, name  # the input itself, not the cutout
+            after = requests.get(f"{url}/thumbs/{rows[name]}-after.webp", timeout=5)
+            assert after.status_code == 200 and Image.open(io.BytesIO(after.content)).mode == "RGBA"
+        page = requests.get(f"{url}/", timeout=5).text
+        assert page.count('class="before"') == len(images)
+        assert "no picture of the input" not in page
+        assert asked == len(images)  # once per image, when its outputs were written
+        assert dropbox.counts["files/get_thumbnail_v2"] == asked  # the page asked nothing
+    finally:
+        assert running.stop() == 0, running.log.read_text()[-3000:]
+    assert all(secret not in running.log.read_text() for secret in dropbox.access_tokens)

@@ -13,8 +13,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.conftest import CUTOUTD, run_cutoutd
+from tests.e2e.conftest import Daemon, run_cutoutd, wait_for
 from tests.helpers import write_shape
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -33,50 +31,6 @@ TOKEN = "page-token-5f1c9e2a7b"
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)"
 )
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Daemon:
-    """`cutoutd run` in the background; its JSON log lines tell the status page's port."""
-
-    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._stderr = log.open("w")
-        full_env = {**os.environ, **env}
-        full_env.pop("JOURNAL_STREAM", None)
-        self.process = subprocess.Popen(
-            [CUTOUTD, "--config", str(config), "run"],
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-            env=full_env,
-        )
-
-    def events(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def url(self) -> str:
-        def port() -> int | None:
-            assert self.process.poll() is None, self.log.read_text()[-2000:]
-            found = [e["port"] for e in self.events() if e.get("event") == "http.listening"]
-            return found[0] if found else None
-
-        return f"http://127.0.0.1:{wait_for(port, 60, 'the status page to listen')}"
-
-    def stop(self) -> int:
-        self.process.terminate()
-        code = self.process.wait(30)
-        self._stderr.close()
-        return code
 
 
 @pytest.fixture
@@ -210,7 +164,7 @@ def check_pages(browser: Any, url: str, config: Path) -> None:
 
 def check_live_updates(browser: Any, url: str, root: Path) -> None:
     """An open overview follows the daemon without a reload: a new image's count and its
-    thumbnails appear by themselves."""
+    thumbnails appear by themselves, and so does a new failure in the latest failures."""
     errors: list[str] = []
     page = browser.new_page()
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -224,5 +178,7 @@ def check_live_updates(browser: Any, url: str, root: Path) -> None:
         "the open page to count the new image",
     )
     page.wait_for_selector('.grid .caption:text("late.jpg")', timeout=30_000)
+    (root / "input" / "late-broken.jpg").write_bytes(b"not a picture either")
+    page.wait_for_selector('#latest-failures a:text("late-broken.jpg")', timeout=60_000)
     assert page.evaluate("window.loadedOnce") is True
     assert errors == []

@@ -6,7 +6,8 @@ exact `Content-Type: application/json`, `%Y-%m-%dT%H:%M:%SZ` timestamps, hex rev
 real `content_hash`, case-insensitive and case-preserving paths, a change log behind the
 cursors (so `continue` returns only what changed), longpoll on the notify "host" without
 auth, short-lived `sl.` access tokens behind `oauth2/token`, temporary links served by the
-fake itself, `save_url` jobs, batch moves and upload sessions.
+fake itself, `save_url` jobs, batch moves, upload sessions and thumbnails
+(`files/get_thumbnail_v2`, rendered by `dropbox_thumbnails`).
 
 Two ways to aim the real SDK at it:
 
@@ -18,7 +19,8 @@ Two ways to aim the real SDK at it:
 
 Test helpers work on the state directly (`put_file`, `delete`, `files_under`, ...), and
 fault knobs (`rate_limit`, `server_errors`, `lock_contention`, `slow`, `expire_access_tokens`,
-`revoke_refresh_token`, `reset_cursors`, `drop_connections`, `reset_connections`, and
+`forget_access_tokens`, `revoke_refresh_token` / `reinstate_refresh_token`, `reset_cursors`,
+`drop_connections`, `reset_connections`, and
 `go_offline` / `come_back` on the same port) make it misbehave the way Dropbox does.
 """
 
@@ -51,6 +53,7 @@ import requests
 
 from daemon.hashing import content_hash_bytes
 from tests.fakes.dropbox_namespaces import Namespaces
+from tests.fakes.dropbox_thumbnails import ThumbnailRefused, render_thumbnail
 
 DROPBOX_ORIGINS = (
     "https://api.dropboxapi.com",
@@ -364,6 +367,7 @@ class FakeDropbox:
         self._links: dict[str, tuple[str, float]] = {}
         self._refresh_tokens: dict[str, dict[str, Any]] = {}
         self._access_tokens: dict[str, float] = {}
+        self._forgotten: set[str] = set()  # access tokens now invalid (still secrets)
         self._codes: dict[str, str | None] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = False
@@ -381,6 +385,7 @@ class FakeDropbox:
             "files/list_folder/longpoll": ("rpc", False, self._longpoll),
             "files/get_metadata": ("rpc", True, self._get_metadata),
             "files/download": ("download", True, self._download),
+            "files/get_thumbnail_v2": ("download", True, self._get_thumbnail),
             "files/upload": ("upload", True, self._upload),
             "files/upload_session/start": ("upload", True, self._session_start),
             "files/upload_session/append_v2": ("upload", True, self._session_append),
@@ -576,6 +581,18 @@ class FakeDropbox:
         with self._cond:
             self._refresh_tokens[token or self.refresh_token]["revoked"] = True
 
+    def reinstate_refresh_token(self, token: str | None = None) -> None:
+        """The app is authorized again: the refresh token works anew."""
+        with self._cond:
+            self._refresh_tokens[token or self.refresh_token]["revoked"] = False
+
+    def forget_access_tokens(self) -> None:
+        """Every access token issued so far answers 401 `invalid_access_token` (revoked
+        from the account's settings); new ones can still be had with the refresh token."""
+        with self._cond:
+            self._forgotten.update(self._access_tokens)
+            self._access_tokens.clear()
+
     def expire_access_tokens(self) -> None:
         """Every access token issued so far answers 401 `expired_access_token`."""
         with self._cond:
@@ -584,8 +601,9 @@ class FakeDropbox:
 
     @property
     def access_tokens(self) -> list[str]:
+        """Every access token ever issued (for secret-leak checks)."""
         with self._cond:
-            return list(self._access_tokens)
+            return [*self._access_tokens, *sorted(self._forgotten)]
 
     @property
     def refresh_tokens(self) -> list[str]:
@@ -1152,6 +1170,25 @@ class FakeDropbox:
                 raise route_error({".tag": "path", "path": {".tag": "not_file"}})
             result = json.dumps(node.metadata(tagged=False))
         return Reply(200, node.data, "application/octet-stream", {"Dropbox-API-Result": result})
+
+    def _get_thumbnail(self, arg: dict[str, Any], body: bytes) -> Reply:
+        resource = arg["resource"]
+        if tag_of(resource) != "path":
+            raise route_error({".tag": "not_found"})  # shared links: not modelled
+        with self._cond:
+            try:
+                node = self._lookup(resource["path"])
+            except LookupFailed as exc:
+                raise route_error({".tag": "path", "path": exc.error}) from None
+            if node.kind != "file":
+                raise route_error({".tag": "path", "path": {".tag": "not_file"}})
+            name, data = split_path(node.path_display)[1], node.data
+            result = json.dumps({"file_metadata": node.metadata(tagged=False)})
+        try:
+            thumbnail = render_thumbnail(name, data, arg)
+        except ThumbnailRefused as exc:
+            raise route_error({".tag": exc.tag}) from None
+        return Reply(200, thumbnail, "application/octet-stream", {"Dropbox-API-Result": result})
 
     def _check_payload(self, arg: dict[str, Any], body: bytes, too_large: dict[str, Any]) -> None:
         if len(body) > self.max_request_bytes:

@@ -184,6 +184,33 @@ def test_revoked_refresh_token_is_invalid_grant(fake_dropbox: FakeDropbox, sdk_c
     assert fake_dropbox.counts["oauth2/token"] == 1
 
 
+def test_forgotten_access_tokens_and_a_reinstated_refresh_token(
+    fake_dropbox: FakeDropbox, sdk_client: Any
+) -> None:
+    """401 `invalid_access_token` is not refreshed by the SDK (only `expired_` is); a
+    revoked refresh token works again once reinstated."""
+    fake_dropbox.make_folder("/In")
+    sdk_client.files_get_metadata("/In")
+    first = fake_dropbox.access_tokens
+    fake_dropbox.forget_access_tokens()
+    with pytest.raises(sdk_errors.AuthError) as caught:
+        sdk_client.files_get_metadata("/In")
+    assert caught.value.error.is_invalid_access_token()
+    assert fake_dropbox.counts["oauth2/token"] == 1
+    assert fake_dropbox.access_tokens == first  # still known as secrets
+
+    fake_dropbox.revoke_refresh_token()
+    fake_dropbox.reinstate_refresh_token()
+    fresh = dropbox.Dropbox(
+        oauth2_refresh_token=fake_dropbox.refresh_token,
+        app_key=fake_dropbox.app_key,
+        app_secret=fake_dropbox.app_secret,
+        session=fake_dropbox.session(),
+    )
+    assert fresh.files_get_metadata("/In").name == "In"
+    assert fake_dropbox.counts["oauth2/token"] == 2
+
+
 def test_rate_limit_json_text_and_write_lock(fake_dropbox: FakeDropbox, sdk_client: Any) -> None:
     fake_dropbox.rate_limit(1, retry_after=7)
     with pytest.raises(sdk_errors.RateLimitError) as caught:
@@ -489,3 +516,53 @@ def test_reset_connections_over_https() -> None:
             session.post(f"{fake.url}/oauth2/token", data=form, timeout=5)
         with session.post(f"{fake.url}/oauth2/token", data=form, timeout=5) as response:
             assert response.status_code == 200
+
+
+def test_get_thumbnail_v2_through_the_sdk(fake_dropbox: FakeDropbox, sdk_client: Any) -> None:
+    """The SDK's own call and parsing: a revision's thumbnail fits the box, upright, with
+    transparency kept in WebP; Dropbox's error tags for what it does not render."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    picture = Image.new("RGBA", (800, 400), (200, 30, 30, 255))
+    picture.paste((0, 0, 0, 0), (400, 0, 800, 400))  # the right half is transparent
+    data = BytesIO()
+    picture.save(data, "PNG")
+    meta = sdk_client.files_upload(data.getvalue(), "/In/shot.png")
+    fake_dropbox.put_file("/In/shot.png", b"a newer revision")  # rev: still finds the old one
+    resource = files.PathOrLink.path(f"rev:{meta.rev}")
+
+    result, response = sdk_client.files_get_thumbnail_v2(
+        resource,
+        format=files.ThumbnailFormat.webp,
+        size=files.ThumbnailSize.w256h256,
+        preserve_transparency=True,
+    )
+    thumbnail = Image.open(BytesIO(response.content))
+    assert result.file_metadata.rev == meta.rev
+    assert (thumbnail.format, thumbnail.size, thumbnail.mode) == ("WEBP", (256, 128), "RGBA")
+    assert thumbnail.getpixel((10, 64))[3] == 255 and thumbnail.getpixel((250, 64))[3] == 0
+
+    _, response = sdk_client.files_get_thumbnail_v2(resource)  # jpeg, w64h64
+    assert Image.open(BytesIO(response.content)).size == (64, 32)
+
+    refusals = {}
+    fake_dropbox.put_file("/In/notes.txt", b"text")
+    fake_dropbox.put_file("/In/broken.jpg", b"not a jpeg")
+    for path, options in (
+        ("/In/notes.txt", {}),
+        ("/In/broken.jpg", {}),
+        ("/In/missing.jpg", {}),
+        (f"rev:{meta.rev}", {"preserve_transparency": True}),  # with jpeg
+    ):
+        with pytest.raises(sdk_errors.ApiError) as caught:
+            sdk_client.files_get_thumbnail_v2(files.PathOrLink.path(path), **options)
+        error = caught.value.error
+        refusals[path] = f"path/{error.get_path()._tag}" if error.is_path() else error._tag
+    assert refusals == {
+        "/In/notes.txt": "unsupported_extension",
+        "/In/broken.jpg": "unsupported_image",
+        "/In/missing.jpg": "path/not_found",
+        f"rev:{meta.rev}": "unsupported_output_format",
+    }

@@ -228,6 +228,40 @@ def test_degraded_then_recovered_once_each(rig: Callable[..., Rig], receiver: Re
     assert receiver.bodies[-1]["event"] == "recovered"
 
 
+def test_a_degraded_left_open_by_a_stop_is_recovered_after_the_restart_polls(
+    rig: Callable[..., Rig], receiver: Receiver
+) -> None:
+    """Credentials rejected stop the daemon (exit 77) after `degraded` is sent. The next
+    process reads that from the ledger and sends `recovered` once storage answered it,
+    not at start; a target whose last word was `recovered` starts clean."""
+    first = rig()
+    first.trouble.append("credentials rejected: Dropbox rejected the refresh token")
+    first.tick()
+    assert [b["event"] for b in receiver.bodies] == ["degraded"]
+    told_at = first.ledger.notifications()[-1]["at"]
+    assert first.ledger.open_degradation("webhook-1") == told_at
+    assert first.ledger.open_degradation("email-2") is None
+
+    polled: list[bool] = []
+    second = rig()
+    second.watcher.open_degradation = second.ledger.open_degradation
+    second.watcher.polled = lambda: bool(polled)
+    second.watcher.start()
+    second.tick(timedelta(minutes=30))
+    assert len(receiver.bodies) == 1  # no poll yet: not known to be over
+    polled.append(True)
+    second.tick(timedelta(minutes=1))
+    assert [b["event"] for b in receiver.bodies] == ["degraded", "recovered"]
+    assert "before cutoutd last stopped" in receiver.bodies[1]["text"]
+    assert second.ledger.open_degradation("webhook-1") is None
+
+    third = rig()
+    third.watcher.open_degradation = third.ledger.open_degradation
+    third.watcher.start()
+    third.tick(timedelta(minutes=1))
+    assert len(receiver.bodies) == 2
+
+
 def test_the_digest_goes_out_at_its_local_time_once_a_day(
     rig: Callable[..., Rig], receiver: Receiver
 ) -> None:

@@ -7,6 +7,7 @@ REQUESTS_CA_BUNDLE, with credentials from the environment.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from daemon.config import DropboxSettings
 from daemon.errors import (
@@ -146,6 +148,29 @@ def test_read_exact_revision(fake_dropbox: FakeDropbox, dropbox_storage: Dropbox
     with pytest.raises(ItemGoneError):
         dropbox_storage.read(file)
     assert dropbox_storage.current_rev("x.jpg") is None
+
+
+def test_input_thumbnail_is_dropboxs_of_exactly_that_revision(
+    fake_dropbox: FakeDropbox, dropbox_storage: DropboxStorage
+) -> None:
+    """A small WebP of the revision listed, even once the file was replaced (it is asked
+    right after that revision's outputs are written); None for what Dropbox cannot render."""
+    picture = Image.new("RGB", (1024, 512), (10, 120, 200))
+    data = io.BytesIO()
+    picture.save(data, "JPEG")
+    fake_dropbox.put_file(f"{INPUT}/x.jpg", data.getvalue())
+    fake_dropbox.put_file(f"{INPUT}/x.txt", b"not a picture")
+    found = files_by_path(list_all(dropbox_storage)[0])
+    fake_dropbox.put_file(f"{INPUT}/x.jpg", b"replaced meanwhile")
+
+    thumbnail = dropbox_storage.input_thumbnail(found["x.jpg"])
+    assert thumbnail is not None
+    image = Image.open(io.BytesIO(thumbnail))
+    assert (image.format, image.size) == ("WEBP", (256, 128))
+    red, green, blue = image.convert("RGB").getpixel((5, 5))
+    assert abs(red - 10) < 8 and abs(green - 120) < 8 and abs(blue - 200) < 8
+    assert dropbox_storage.input_thumbnail(found["x.txt"]) is None
+    assert fake_dropbox.counts["files/get_thumbnail_v2"] == 2
 
 
 def test_write_overwrites(fake_dropbox: FakeDropbox, dropbox_storage: DropboxStorage) -> None:

@@ -395,9 +395,11 @@ def resident_mb() -> float:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
-def test_idle_engine_hands_its_memory_back_and_still_works() -> None:
-    engine = LocalEngine(idle_release=0.05)
+@pytest.mark.parametrize("runs", [1, 2], ids=["whole model", "model in two halves"])
+def test_idle_engine_hands_its_memory_back_and_still_works(runs: int) -> None:
+    engine = LocalEngine(workers=runs, model_runs=runs, idle_release=0.05)
     engine.start()
+    assert (engine.cut is not None) == (runs == 2)
     try:
         image, mask = scene((192, 192))
         engine.cut_out(job(encoded(image, "PNG")))

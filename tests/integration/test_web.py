@@ -122,6 +122,9 @@ def test_retry_and_reprocess_with_the_token(
     service, url = served()
     item = failed_id(service)
     session, csrf = signed_in(url)
+    key = requests.get(f"{url}/api/overview", timeout=5).json()["failures_key"]
+    listed = session.get(f"{url}/fragments/failures").text  # the overview's live list
+    assert "bad.jpg" in listed and "not an image" in listed and 'data-action="retry"' in listed
     same_site = {"Origin": url}
     response = session.post(
         f"{url}/items/{item}/retry", data={"csrf": csrf}, headers=same_site, allow_redirects=False
@@ -133,6 +136,8 @@ def test_retry_and_reprocess_with_the_token(
     events = service.ledger.events(item)
     assert events[-1]["actor"] == "web:127.0.0.1", events
     assert {e["event"] for e in events} >= {"retry_requested", "input_restored"}
+    assert requests.get(f"{url}/api/overview", timeout=5).json()["failures_key"] != key
+    assert "bad.jpg" not in requests.get(f"{url}/fragments/failures", timeout=5).text
     # a second Retry finds it no longer failed: 409 with the reason, nothing changes
     again = session.post(f"{url}/items/{item}/retry", data={"csrf": csrf}, headers=same_site)
     assert again.status_code == 409 and "not failed" in again.text

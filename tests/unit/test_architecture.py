@@ -142,6 +142,8 @@ RULES = [
     # notifications: built by compose, fed by the service; smtplib only in the senders
     ("daemon.alerts", ("daemon.alerts", "daemon.compose", "daemon.service")),
     ("smtplib", ("daemon.alerts.senders",)),
+    # discovery passes are an APScheduler job; its types stop in the schedule
+    ("apscheduler", ("daemon.scheduling",)),
 ]
 ADAPTERS = (
     "daemon.storage.local",

@@ -92,3 +92,19 @@ def test_an_ordinary_path_stays_readable() -> None:
 
     text = redact("wrote https://dl.example.com/output/summer/red-shoe_front.png")
     assert "output/summer/red-shoe_front.png" in text
+
+
+def test_the_scheduler_tells_only_of_errors(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """APScheduler's line per discovery run, and its warnings of coalesced or skipped runs
+    (on purpose here), stay out of the log even at DEBUG; a failing job still shows."""
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    configure_logging("DEBUG", "text")
+    executor = logging.getLogger("apscheduler.executors.default")
+    executor.info('Running job "discovery pass"')
+    logging.getLogger("apscheduler.scheduler").warning("Execution of job skipped")
+    executor.error('Job "discovery pass" raised an exception')
+    err = capsys.readouterr().err
+    assert "Running job" not in err and "skipped" not in err
+    assert "raised an exception" in err

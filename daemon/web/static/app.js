@@ -70,10 +70,24 @@
       .catch(function () {});
   }
 
+  var failuresKey = null;
+
+  function refreshFailures(data) {
+    var list = document.querySelector('#latest-failures[data-live="1"]');
+    if (!list || data.failures_key === failuresKey) return;
+    var first = failuresKey === null;
+    failuresKey = data.failures_key;
+    if (first) return;
+    fetch("/fragments/failures", { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (html) { list.innerHTML = html; })
+      .catch(function () {});
+  }
+
   function poll() {
     fetch("/api/overview", { credentials: "same-origin", cache: "no-store" })
       .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
-      .then(function (data) { apply(data); refreshGrid(data); })
+      .then(function (data) { apply(data); refreshGrid(data); refreshFailures(data); })
       .catch(function () {})
       .then(function () { window.setTimeout(poll, POLL_MS); });
   }
@@ -83,6 +97,7 @@
     if (embedded) {
       var data = JSON.parse(embedded.textContent);
       newest = data.newest_result;
+      failuresKey = data.failures_key;
       drawChart(data);
     }
     if (document.getElementById("health")) window.setTimeout(poll, POLL_MS);
