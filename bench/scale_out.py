@@ -15,8 +15,8 @@ with its own node_id, state directory and HTTP port, on a fresh PostgreSQL datab
    every 20 ms). Also: until the last image finished, and Adobe submissions repeated for
    revisions whose job id was stored (0 expected).
 2. **Throughput**: N processes on one local folder, each with `[engine] workers = 1` and
-   `model_runs = 1` (one model run per process, so that N processes use up to N cores),
-   the bundled u2netp model. Each run warms up on 2 images per process, then times
+   `model_runs = 1`, the bundled u2netp model (one model run still uses every core:
+   onnxruntime runs it on cores / model_runs threads). Each run warms up on 2 images per process, then times
    `--images` 1024x1024 product shots from their copy into input/ until every one is
    archived. On a 2-core machine expect no gain past 2 processes.
 
